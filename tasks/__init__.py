@@ -1,0 +1,1 @@
+"""flatcar-ha: config.yaml -> PKI -> Butane -> Ignition -> libvirt VMs, as doit tasks."""

@@ -1,0 +1,70 @@
+"""File writing that never leaves half-written or world-readable files behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+PUBLIC_FILE = 0o644
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create path (and parents) as 0700; tighten it if it already exists."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+    return path
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> None:
+    """Write data to path through a temp file + rename, created with `mode` from the start.
+
+    The temporary file is created 0600 by mkstemp, so secrets are never briefly readable;
+    readers see either the old file or the new one, never a torn one.
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> bool:
+    """atomic_write unless path already holds exactly data (keeps mtimes stable)."""
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        if path.read_bytes() == payload:
+            if (path.stat().st_mode & 0o777) != mode:
+                os.chmod(path, mode)
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, payload, mode)
+    return True
+
+
+@contextlib.contextmanager
+def private_tempdir(parent: Path | None = None, prefix: str = "tmp") -> Iterator[Path]:
+    """A 0700 temporary directory that is removed afterwards, whatever happens."""
+    import shutil
+
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
