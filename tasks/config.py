@@ -34,6 +34,10 @@ KEY_ALGORITHMS = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256")
 BUTANE_BACKENDS = ("native", "binary", "container")
 GRAPHICS = ("vnc", "spice", "none")
 LAYER_ROLES = ("all", CONTROL_PLANE, WORKER)
+# The remote artifacts a node downloads at first boot: a sha256 may be pinned for each.
+REMOTE_ARTIFACTS = (
+    "kubernetes", "crio", "cilium_cli", "kubernetes_sysupdate", "crio_sysupdate", "noop_sysupdate",
+)
 
 DEFAULT_FINGERPRINT = "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"
 
@@ -305,6 +309,10 @@ def _read_network(r: Reader, raw: Any) -> Network:
     data = r.mapping("network", raw, ("vip", "prefix", "gateway", "dns", "apiserver_port", "interface"))
     if raw is None:
         r.problem("network", "missing required section 'network' (vip, prefix, gateway, dns)")
+    elif isinstance(raw, dict):
+        for required in ("vip", "gateway"):
+            if required not in raw:
+                r.problem(f"network.{required}", f"missing required key '{required}'")
     prefix = r.integer("network.prefix", data.get("prefix"), 24, minimum=8, maximum=30)
     vip = r.ipv4("network.vip", data.get("vip"), "192.168.122.30")
     gateway = r.ipv4("network.gateway", data.get("gateway"), "192.168.122.1")
@@ -364,7 +372,7 @@ def _read_kubernetes(r: Reader, raw: Any) -> Kubernetes:
             "official_sysexts", "sha256")
     data = r.mapping("kubernetes", raw, keys)
     v = "a version such as v1.31.3"
-    sha_raw = r.mapping("kubernetes.sha256", data.get("sha256"), _known_artifacts(data, r))
+    sha_raw = r.mapping("kubernetes.sha256", data.get("sha256"), REMOTE_ARTIFACTS)
     sha256 = tuple(
         (name, r.string(f"kubernetes.sha256.{name}", str(value).lower(), "", pattern=SHA256,
                         expect="64 hexadecimal digits"))
@@ -400,19 +408,13 @@ def _read_kubernetes(r: Reader, raw: Any) -> Kubernetes:
     )
 
 
-def _known_artifacts(data: dict[str, Any], r: Reader) -> tuple[str, ...]:
-    # The remote artifacts a node downloads: a sha256 may be pinned for each.
-    return ("kubernetes", "crio", "cilium_cli", "kubernetes_sysupdate", "crio_sysupdate", "noop_sysupdate")
-
-
 def _read_butane(r: Reader, raw: Any, config_dir: Path) -> Butane:
     data = r.mapping("butane", raw, ("backend", "container_image", "extra_layers"))
     layers_raw = r.mapping("butane.extra_layers", data.get("extra_layers"), LAYER_ROLES)
     layers: list[tuple[str, tuple[Path, ...]]] = []
     for role, entries in layers_raw.items():
         paths: list[Path] = []
-        for i, entry in enumerate(r.items(f"butane.extra_layers.{role}", entries, lambda p, v: (p, v))):
-            path_key, value = entry
+        for path_key, value in r.items(f"butane.extra_layers.{role}", entries, lambda p, v: (p, v)):
             text = r.string(path_key, value, "")
             if not text:
                 continue
@@ -420,7 +422,6 @@ def _read_butane(r: Reader, raw: Any, config_dir: Path) -> Butane:
             if not resolved.is_file():
                 r.problem(path_key, f"Butane layer {text!r} not found (looked at {resolved})")
             paths.append(resolved)
-            del i
         layers.append((role, tuple(paths)))
     image = r.string("butane.container_image", data.get("container_image"), "quay.io/coreos/butane:v0.25.1",
                      pattern=r"\S+:(?!latest$)[\w.-]+|\S+@sha256:[0-9a-f]{64}",

@@ -22,8 +22,7 @@ def config_path() -> Path:
     doit may have changed directory to dodo.py's folder (`doit -k`), so relative names are
     taken relative to the directory doit was started from.
     """
-    from doit import get_var
-    from doit import loader
+    from doit import get_var, loader
 
     name = get_var("config", os.environ.get("FLATCAR_HA_CONFIG", ""))
     if not name:

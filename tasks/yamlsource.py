@@ -24,7 +24,7 @@ class Located:
                 return self.lines[path]
             cut = max(path.rfind("."), path.rfind("["))
             path = path[:cut] if cut > 0 else ""
-        return None
+        return self.lines.get("")
 
 
 def join(path: str, key: str | int) -> str:
@@ -38,7 +38,7 @@ def _convert(node: yaml.Node, path: str, lines: dict[str, int], problems: list[P
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.constructor.SafeConstructor().construct_object(key_node)  # type: ignore[no-untyped-call]
+            key = yaml.constructor.SafeConstructor().construct_object(key_node)
             if not isinstance(key, str):
                 problems.append(
                     Problem(path or "<top>", key_node.start_mark.line + 1, f"key {key!r} is not a string")
@@ -55,7 +55,7 @@ def _convert(node: yaml.Node, path: str, lines: dict[str, int], problems: list[P
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, join(path, i), lines, problems) for i, item in enumerate(node.value)]
-    return yaml.constructor.SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]
+    return yaml.constructor.SafeConstructor().construct_object(node)
 
 
 def load_located(text: str, source: str) -> tuple[Located, list[Problem]]:

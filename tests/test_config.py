@@ -1,0 +1,252 @@
+"""config.yaml validation: every broken config names the field, the value and the fix."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tasks.config import CONTROL_PLANE, load_config, parse_config, stable_mac
+from tasks.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+DOIT = [sys.executable, "-m", "doit"]
+DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+Edit = Callable[[dict[str, Any]], object]
+
+
+def edited(edit: Edit) -> str:
+    data = copy.deepcopy(DEFAULT)
+    edit(data)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def set_path(*keys: Any, value: Any) -> Edit:
+    def apply(data: dict[str, Any]) -> None:
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return apply
+
+
+def delete(*keys: Any) -> Edit:
+    def apply(data: dict[str, Any]) -> None:
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+
+    return apply
+
+
+def nodes(*specs: tuple[str, str, str]) -> Edit:
+    return set_path("nodes", value=[{"name": n, "role": r, "ip": ip} for n, r, ip in specs])
+
+
+CP = CONTROL_PLANE
+
+# (id, edit, expected YAML path, words the message must contain)
+BROKEN: list[tuple[str, Edit, str, str]] = [
+    ("unknown-top-key", set_path("nmae", value="x"), "nmae", "did you mean 'name'"),
+    ("unknown-nested-key", set_path("vm", "memory", value=1), "vm.memory", "did you mean 'memory_mib'"),
+    ("unknown-node-key", set_path("nodes", 0, "adress", value="1.2.3.4"), "nodes[0].adress", "unknown key"),
+    ("name-not-rfc1123", set_path("name", value="My_Cluster"), "name", "RFC 1123"),
+    ("name-wrong-type", set_path("name", value=["a"]), "name", "must be a string"),
+    ("missing-name", delete("name"), "name", "missing required key 'name'"),
+    ("nodes-not-list", set_path("nodes", value="node1"), "nodes", "must be a list"),
+    ("no-nodes", set_path("nodes", value=[]), "nodes", "no nodes"),
+    ("node-missing-ip", delete("nodes", 1, "ip"), "nodes[1]", "missing required key 'ip'"),
+    ("node-bad-ip", set_path("nodes", 2, "ip", value="192.168.122.300"), "nodes[2].ip", "not an IPv4 address"),
+    ("node-duplicate-ip", set_path("nodes", 4, "ip", value="192.168.122.34"), "nodes[4].ip", "duplicate IP"),
+    ("node-ip-outside-subnet", set_path("nodes", 3, "ip", value="10.0.0.4"), "nodes[3].ip",
+     "outside the cluster subnet"),
+    ("node-ip-is-vip", set_path("nodes", 3, "ip", value="192.168.122.30"), "nodes[3].ip", "is the VIP"),
+    ("node-ip-is-gateway", set_path("nodes", 3, "ip", value="192.168.122.1"), "nodes[3].ip", "is the gateway"),
+    ("node-ip-broadcast", set_path("nodes", 3, "ip", value="192.168.122.255"), "nodes[3].ip", "broadcast"),
+    ("duplicate-node-name", set_path("nodes", 4, "name", value="node4-worker"), "nodes[4].name", "duplicate node name"),
+    ("node-name-uppercase", set_path("nodes", 0, "name", value="Node1"), "nodes[0].name", "RFC 1123"),
+    ("node-name-too-long", set_path("nodes", 0, "name", value="n" * 64), "nodes[0].name", "at most 63"),
+    ("bad-role", set_path("nodes", 0, "role", value="master"), "nodes[0].role", "not one of: control-plane, worker"),
+    ("no-control-plane", nodes(("w1", "worker", "192.168.122.40")), "nodes", "at least one"),
+    ("even-control-planes", nodes(("a", CP, "192.168.122.40"), ("b", CP, "192.168.122.41")), "nodes", "odd number"),
+    ("bad-mac", set_path("nodes", 0, "mac", value="52:54:00:zz:00:01"), "nodes[0].mac", "MAC address"),
+    ("duplicate-mac", lambda d: [n.update(mac="52:54:00:00:00:01") for n in d["nodes"][:2]], "nodes[1].mac",
+     "duplicate MAC"),
+    ("vip-outside-subnet", set_path("network", "vip", value="10.1.1.1"), "network.gateway", "outside"),
+    ("gateway-outside-subnet", set_path("network", "gateway", value="10.1.1.1"), "network.gateway", "outside"),
+    ("prefix-out-of-range", set_path("network", "prefix", value=33), "network.prefix", "out of range"),
+    ("prefix-wrong-type", set_path("network", "prefix", value="24"), "network.prefix", "whole number"),
+    ("dns-bad", set_path("network", "dns", value=["dns.example"]), "network.dns[0]", "not an IPv4 address"),
+    ("apiserver-port-6443", set_path("network", "apiserver_port", value=6443), "network.apiserver_port", "6444"),
+    ("apiserver-port-range", set_path("network", "apiserver_port", value=70000), "network.apiserver_port",
+     "between 1 and 65535"),
+    ("missing-vip", delete("network", "vip"), "network.vip", "missing required key"),
+    ("fingerprint-short", set_path("flatcar", "signing_key_fingerprint", value="E25D9AED0593B34A"),
+     "flatcar.signing_key_fingerprint", "40 hexadecimal digits"),
+    ("fingerprint-not-hex", set_path("flatcar", "signing_key_fingerprint", value="G" * 40),
+     "flatcar.signing_key_fingerprint", "40 hexadecimal digits"),
+    ("flatcar-bad-version", set_path("flatcar", "version", value="latest"), "flatcar.version",
+     "'current' or a release"),
+    ("flatcar-bad-channel", set_path("flatcar", "channel", value="edge"), "flatcar.channel",
+     "stable, beta, alpha, lts"),
+    ("flatcar-base-url", set_path("flatcar", "base_url", value="ftp://x"), "flatcar.base_url", "http(s)://"),
+    ("k8s-bad-version", set_path("kubernetes", "version", value="1.31"), "kubernetes.version", "v1.31.3"),
+    ("crio-bad-version", set_path("kubernetes", "crio_version", value="v1.31"), "kubernetes.crio_version", "v1.31.3"),
+    ("token-ttl", set_path("kubernetes", "token_ttl", value="one day"), "kubernetes.token_ttl", "duration"),
+    ("ca-validity", set_path("kubernetes", "ca_validity_days", value=0), "kubernetes.ca_validity_days", "out of range"),
+    ("key-algorithm", set_path("kubernetes", "key_algorithm", value="dsa"), "kubernetes.key_algorithm", "rsa-2048"),
+    ("pod-subnet", set_path("kubernetes", "pod_subnet", value="10.244.0.1/16"), "kubernetes.pod_subnet", "CIDR"),
+    ("subnets-overlap", set_path("kubernetes", "service_subnet", value="10.244.128.0/17"),
+     "kubernetes.service_subnet", "overlaps"),
+    ("sha256-unknown-artifact", set_path("kubernetes", "sha256", value={"kubelet": "0" * 64}),
+     "kubernetes.sha256.kubelet", "unknown key"),
+    ("sha256-bad", set_path("kubernetes", "sha256", value={"crio": "abc"}), "kubernetes.sha256.crio", "64 hexadecimal"),
+    ("memory-negative", set_path("vm", "memory_mib", value=-1), "vm.memory_mib", "at least 256"),
+    ("vcpus-zero", set_path("vm", "vcpus", value=0), "vm.vcpus", "at least 1"),
+    ("disk-not-number", set_path("vm", "disk_gib", value="big"), "vm.disk_gib", "whole number"),
+    ("vcpus-bool", set_path("vm", "vcpus", value=True), "vm.vcpus", "whole number"),
+    ("node-vm-override", set_path("nodes", 0, "vm", value={"vcpus": -2}), "nodes[0].vm.vcpus", "at least 1"),
+    ("libvirt-uri", set_path("vm", "libvirt_uri", value="localhost"), "vm.libvirt_uri", "libvirt URI"),
+    ("image-dir-relative", set_path("vm", "image_dir", value="images"), "vm.image_dir", "absolute path"),
+    ("graphics", set_path("vm", "graphics", value="sdl"), "vm.graphics", "vnc, spice, none"),
+    ("ssh-key", set_path("ssh_authorized_keys", value=["not a key"]), "ssh_authorized_keys[0]", "OpenSSH public key"),
+    ("butane-backend", set_path("butane", "backend", value="docker"), "butane.backend", "native, binary, container"),
+    ("butane-latest", set_path("butane", "container_image", value="quay.io/coreos/butane:latest"),
+     "butane.container_image", "not :latest"),
+    ("extra-layer-missing", set_path("butane", "extra_layers", value={"worker": ["nope.bu"]}),
+     "butane.extra_layers.worker[0]", "not found"),
+    ("extra-layer-role", set_path("butane", "extra_layers", value={"workers": []}), "butane.extra_layers.workers",
+     "did you mean 'worker'"),
+    ("section-wrong-type", set_path("network", value=["vip"]), "network", "must be a mapping"),
+    ("allow-even-type", set_path("allow_even_control_planes", value="sure"), "allow_even_control_planes",
+     "true or false"),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "path", "words"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_config_names_field_and_fix(
+    tmp_path: Path, case: str, edit: Edit, path: str, words: str
+) -> None:
+    source = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError) as info:
+        parse_config(edited(edit), source)
+    matching = [p for p in info.value.problems if p.path == path]
+    assert matching, f"{case}: no problem at {path}; got {[str(p) for p in info.value.problems]}"
+    assert any(words in p.message for p in matching), [str(p) for p in matching]
+    assert all(p.line is not None for p in matching), "every problem carries its line"
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    text = edited(lambda d: (d["vm"].update(vcpus=0), d["network"].update(prefix=99), d.update(name="X")))
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, tmp_path / "c.yaml")
+    assert {p.path for p in info.value.problems} >= {"vm.vcpus", "network.prefix", "name"}
+
+
+def test_line_numbers_point_at_the_bad_value(tmp_path: Path) -> None:
+    text = (ROOT / "config.yaml").read_text().replace("ip: 192.168.122.34", "ip: 192.168.122.3400")
+    expected_line = next(i for i, line in enumerate(text.splitlines(), 1) if "192.168.122.3400" in line)
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, tmp_path / "c.yaml")
+    (problem,) = info.value.problems
+    assert (problem.path, problem.line) == ("nodes[3].ip", expected_line)
+    assert "'192.168.122.3400'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "the file is empty"),
+        ("name: [unclosed\n", "malformed YAML"),
+        ("- just\n- a list\n", "must be a mapping of settings"),
+        ("just a string\n", "must be a mapping of settings"),
+        ("name: a\nname: b\n", "given twice"),
+        ("name: ha\nnodes:\n\t- x\n", "malformed YAML"),
+    ],
+    ids=["empty", "malformed", "top-list", "top-string", "duplicate-key", "tab-indent"],
+)
+def test_unusable_files(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, tmp_path / "c.yaml")
+    assert words in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_default_config_is_the_articles_cluster() -> None:
+    cluster = load_config(ROOT / "config.yaml")
+    assert cluster.name == "ha"
+    assert [(n.name, n.role, str(n.ip)) for n in cluster.nodes] == [
+        ("node1-cp", "control-plane", "192.168.122.31"),
+        ("node2-cp", "control-plane", "192.168.122.32"),
+        ("node3-cp", "control-plane", "192.168.122.33"),
+        ("node4-worker", "worker", "192.168.122.34"),
+        ("node5-worker", "worker", "192.168.122.35"),
+    ]
+    assert str(cluster.network.vip) == "192.168.122.30"
+    assert cluster.network.apiserver_port == 6444
+    assert cluster.flatcar.signing_key_fingerprint == "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"
+    assert (cluster.vm.memory_mib, cluster.vm.vcpus) == (4096, 4)
+    assert cluster.init_node.name == "node1-cp"
+    assert len({n.mac for n in cluster.nodes}) == 5
+    assert cluster.nodes[0].mac == stable_mac("ha", "node1-cp")
+
+
+def test_per_node_override_and_even_allowed(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["nodes"] = d["nodes"][:2] + d["nodes"][3:]
+        d["nodes"][0]["vm"] = {"memory_mib": 8192}
+        d["allow_even_control_planes"] = True
+
+    cluster = parse_config(edited(edit), tmp_path / "c.yaml")
+    assert cluster.nodes[0].vm.memory_mib == 8192
+    assert cluster.nodes[1].vm.memory_mib == 4096
+
+
+def run_doit(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([*DOIT, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_doit_reports_bad_config_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(edited(set_path("vm", "vcpus", value=0)).replace("build_dir: build", f"build_dir: {tmp_path}/b"))
+    proc = run_doit(["-f", str(ROOT / "dodo.py"), f"config={bad}", "show"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "vm.vcpus" in proc.stderr and "at least 1" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "b").exists(), "nothing is written for a bad config"
+
+
+def test_show_from_a_subdirectory_with_relative_config(tmp_path: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(edited(set_path("name", value="other")).replace("build_dir: build", f"build_dir: {tmp_path}/b"))
+    sub = ROOT / "tasks"
+    rel = os.path.relpath(other, sub)
+    proc = run_doit(["-k", f"config={rel}", "show"], cwd=sub)
+    assert proc.returncode == 0, proc.stderr
+    assert "cluster other" in proc.stdout
+    assert "other-node4-worker" in proc.stdout
+
+
+def test_doit_list_shows_documented_tasks() -> None:
+    proc = run_doit(["list"], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert any(line.startswith("show ") for line in lines)
+    for line in lines:
+        name, _, doc = line.partition(" ")
+        assert doc.strip(), f"task {name} has no docstring"
