@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""flatcar-ha benchmarks: medians of repeated runs and ratios measured side by side.
+
+    .venv/bin/python bench/run.py [--repeats N] [--quick] [--only SECTION ...]
+
+Prints a markdown table and writes it, with a description of the machine, to
+bench/results.md. Absolute times vary between machines; the ratios are what we track.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DOIT = [PYTHON, "-m", "doit", "-f", str(ROOT / "dodo.py")]
+ARTICLE_SCRIPT = ROOT / "bench" / "article" / "generate-k8s-certs.sh"
+ARTICLE_BUTANE = ROOT / "bench" / "article" / "butane"
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    seconds: list[float]
+    note: str = ""
+    reference: str | None = None  # name of the row this one is compared with
+    target: float | None = None  # ratio that must hold (<=)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    facts: list[tuple[str, str, str]] = field(default_factory=list)  # (what, value, target/verdict)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        print(f"  {row.section}: {row.name}: median {row.median * 1000:.1f} ms", flush=True)
+        return row
+
+    def find(self, name: str) -> Row | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+
+def timed(action: Callable[[], object], repeats: int, before: Callable[[], object] | None = None) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def run(argv: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def executed_tasks(doit_output: str) -> list[str]:
+    """Tasks doit ran (lines '.  name'), as opposed to up-to-date ones ('-- name')."""
+    return [m.group(1) for m in re.finditer(r"^\.\s+(\S+)", doit_output, re.MULTILINE)]
+
+
+def write_config(path: Path, build_dir: Path, workers: int, control_planes: int = 3) -> None:
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    nodes = [{"name": f"node{i + 1}-cp", "role": "control-plane", "ip": f"192.168.122.{31 + i}"}
+             for i in range(control_planes)]
+    nodes += [{"name": f"node{control_planes + i + 1}-worker", "role": "worker",
+               "ip": f"192.168.122.{31 + control_planes + i}"} for i in range(workers)]
+    data["nodes"] = nodes
+    data["build_dir"] = str(build_dir)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def bench_floor(res: Results, repeats: int) -> None:
+    res.add(Row("floor", "python -c 'import doit'", timed(lambda: run([PYTHON, "-c", "import doit"]), repeats)))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "c.yaml"
+        write_config(cfg, Path(tmp) / "build", workers=2)
+        res.add(Row("floor", "doit list (default config)",
+                    timed(lambda: run([*DOIT, f"config={cfg}", "list"]), repeats),
+                    reference="python -c 'import doit'", target=2.0))
+
+
+def bench_pki(res: Results, repeats: int) -> None:
+    if shutil.which("openssl") is None or not ARTICLE_SCRIPT.exists():
+        res.facts.append(("article script", "skipped: openssl or the script is missing", ""))
+        return
+
+    def article() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "butane").mkdir()
+            run(["bash", str(ARTICLE_SCRIPT)], cwd=Path(tmp))
+
+    res.add(Row("pki", "article generate-k8s-certs.sh (openssl)", timed(article, repeats)))
+    script = ROOT / "scripts" / "generate-k8s-certs"
+    if not script.exists():
+        return
+    for algorithm in ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256"):
+        def ours(alg: str = algorithm) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                run([PYTHON, str(script), "--dir", str(Path(tmp) / "certs"), "--key-algorithm", alg])
+
+        res.add(Row("pki", f"scripts/generate-k8s-certs {algorithm}", timed(ours, repeats),
+                    reference="article generate-k8s-certs.sh (openssl)"))
+
+
+def bench_new_cluster(res: Results, repeats: int, workers: int, label: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "c.yaml"
+        build = Path(tmp) / "build"
+        write_config(cfg, build, workers=workers)
+        argv = [*DOIT, f"config={cfg}", "new_cluster"]
+        counts: dict[str, int] = {}
+
+        def wipe() -> None:
+            shutil.rmtree(build, ignore_errors=True)
+
+        def cold() -> None:
+            counts["cold"] = len(executed_tasks(run(argv).stdout))
+
+        ref = "article generate-k8s-certs.sh (openssl)" if label == "5 nodes" else "new_cluster cold, 5 nodes"
+        target = 0.5 if label == "5 nodes" else 4.0
+        res.add(Row("new_cluster", f"new_cluster cold, {label}", timed(cold, repeats, before=wipe),
+                    note="", reference=ref, target=target))
+        run(argv)
+
+        def noop() -> None:
+            counts["noop"] = len(executed_tasks(run(argv).stdout))
+
+        res.add(Row("new_cluster", f"new_cluster no-op, {label}", timed(noop, repeats),
+                    reference="python -c 'import doit'", target=2.0 if label == "5 nodes" else None))
+        last_worker = f"node{3 + workers}-worker"
+        original = cfg.read_text()
+        changed_tasks: list[str] = []
+
+        def flip() -> None:
+            text = cfg.read_text()
+            old_ip = f"192.168.122.{30 + 3 + workers}"
+            new_ip = "192.168.122.250"
+            cfg.write_text(text.replace(old_ip, new_ip) if old_ip in text else original)
+
+        def change() -> None:
+            changed_tasks[:] = executed_tasks(run(argv).stdout)
+
+        res.add(Row("new_cluster", f"new_cluster one-worker IP change, {label}", timed(change, repeats, before=flip)))
+        cfg.write_text(original)
+        ours = sorted(t for t in changed_tasks if not t.startswith("new_cluster"))
+        res.facts.append((f"tasks executed, {label}: cold / no-op / one-worker change",
+                          f"{counts.get('cold')} / {counts.get('noop')} / {len(ours)}: {', '.join(ours)}",
+                          f"one-worker change must touch only {last_worker}"))
+
+
+def article_files(tmp: Path) -> list[str]:
+    """The article's 12 Butane files in tmp/butane (the token file made by its script), merge order."""
+    shutil.copytree(ARTICLE_BUTANE, tmp / "butane", dirs_exist_ok=True)
+    (tmp / "ign").mkdir(exist_ok=True)
+    run(["bash", str(ARTICLE_SCRIPT)], cwd=tmp)
+    names = [f.name for f in (tmp / "butane").glob("*.yaml")]
+    layers = sorted(n for n in names if not n.startswith("node"))
+    return layers + sorted(n for n in names if n.startswith("node"))
+
+
+def bench_translate(res: Results, repeats: int) -> None:
+    if not ARTICLE_SCRIPT.exists() or shutil.which("openssl") is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        order = article_files(tmp)
+        ours = [PYTHON, str(ROOT / "bench" / "translate_all.py"), str(tmp), *order]
+        res.add(Row("translate", f"native translator, {len(order)} article files, one process",
+                    timed(lambda: run(ours, cwd=ROOT), repeats)))
+        butane = shutil.which("butane")
+        if butane is None:
+            res.facts.append(("real butane binary", "not on PATH here: side-by-side comparison not run", ""))
+            return
+
+        def real() -> None:
+            for name in order:
+                out = run([butane, "--pretty", "-d", str(tmp), str(tmp / "butane" / name)]).stdout
+                (tmp / "ign" / name.replace(".yaml", ".ign")).write_text(out)
+
+        res.add(Row("translate", f"real butane, {len(order)} files, one process per file", timed(real, repeats),
+                    reference=f"native translator, {len(order)} article files, one process"))
+
+
+def describe_machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kib / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores{mem}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}")
+
+
+def render(res: Results, repeats: int) -> str:
+    lines = [
+        "# flatcar-ha benchmark results",
+        "",
+        f"Machine: {describe_machine()}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {repeats} runs per row "
+        "(medians; min-max in brackets). Ratios are against the named reference, measured in the same run.",
+        "",
+        "| section | measurement | median | min-max | ratio | target |",
+        "| --- | --- | ---: | ---: | --- | --- |",
+    ]
+    for row in res.rows:
+        ratio = ""
+        verdict = ""
+        ref = res.find(row.reference) if row.reference else None
+        if ref is not None:
+            value = row.median / ref.median
+            ratio = f"{value:.2f}x {ref.name}"
+            if row.target is not None:
+                verdict = f"<= {row.target}x: {'holds' if value <= row.target else 'MISSED'}"
+        lines.append(
+            f"| {row.section} | {row.name} | {row.median * 1000:.1f} ms | "
+            f"{min(row.seconds) * 1000:.1f}-{max(row.seconds) * 1000:.1f} ms | {ratio} | {verdict} |"
+        )
+    if res.facts:
+        lines += ["", "| fact | value | expectation |", "| --- | --- | --- |"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in res.facts]
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS: dict[str, Callable[[Results, int], None]] = {
+    "floor": bench_floor,
+    "pki": bench_pki,
+    "new_cluster": lambda res, n: bench_new_cluster(res, n, 2, "5 nodes"),
+    "new_cluster_50": lambda res, n: bench_new_cluster(res, n, 47, "50 nodes"),
+    "translate": bench_translate,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
+    args = parser.parse_args()
+    res = Results()
+    for name, section in SECTIONS.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"{name} ...", flush=True)
+        section(res, args.repeats)
+    text = render(res, args.repeats)
+    print(text)
+    args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
