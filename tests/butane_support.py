@@ -1,0 +1,78 @@
+"""Shared helpers for the Butane translator tests: vector discovery and data-URL walking."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VECTORS = Path(__file__).resolve().parent / "butane_vectors"
+SCHEMAS = Path(__file__).resolve().parent / "data" / "ignition-spec"
+BUTANE = ROOT / "scripts" / "butane"
+
+
+def valid_vectors() -> list[Path]:
+    return sorted(p for p in VECTORS.iterdir() if (p / "expected.ign").is_file())
+
+
+def error_vectors() -> list[Path]:
+    return sorted(p for p in VECTORS.iterdir() if (p / "expected.stderr").is_file())
+
+
+def uses_files_dir(vector: Path) -> bool:
+    """Every vector passes `-d files` except the one whose cmd leaves it out on purpose."""
+    return "-d files" in (vector / "cmd").read_text()
+
+
+@contextmanager
+def inside(path: Path) -> Iterator[None]:
+    """Run like the vectors were made: from inside the vector directory (-d files)."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run_cli(
+    *args: str, cwd: Path, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, str(BUTANE), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def splice_data_urls(expected: Any, actual: Any) -> Any:
+    """actual with every data-URL source/compression taken from expected (same structure).
+
+    After this only the deflate choice is gone, so the result must be byte-identical to
+    Butane's output: key order, escaping and indentation are all ours.
+    """
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = {k: splice_data_urls(expected.get(k), v) for k, v in actual.items()}
+        source = expected.get("source")
+        if isinstance(source, str) and source.startswith("data:"):
+            out["source"] = source
+            if "compression" in expected:
+                out["compression"] = expected["compression"]
+        return out
+    if isinstance(expected, list) and isinstance(actual, list):
+        return [splice_data_urls(e, a) for e, a in zip(expected, actual, strict=False)]
+    return actual
+
+
+def load_schema(version: str) -> dict[str, Any]:
+    name = {"3.3.0": "ignition-3_3.schema.json", "3.4.0": "ignition-3_4.schema.json"}[version]
+    return json.loads((SCHEMAS / name).read_text())  # type: ignore[no-any-return]
