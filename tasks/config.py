@@ -117,6 +117,8 @@ class Kubernetes:
     sysext_base_url: str
     official_sysexts: tuple[str, ...]
     sha256: tuple[tuple[str, str], ...]
+    # How long `doit wait` waits for the API and every node to be Ready (--timeout overrides).
+    wait_timeout_s: int = 900
 
     @property
     def minor(self) -> str:
@@ -369,7 +371,7 @@ def _read_flatcar(r: Reader, raw: Any, root: Path) -> Flatcar:
 def _read_kubernetes(r: Reader, raw: Any) -> Kubernetes:
     keys = ("version", "crio_version", "cilium_cli_version", "cilium_version", "pod_subnet",
             "service_subnet", "token_ttl", "ca_validity_days", "key_algorithm", "sysext_base_url",
-            "official_sysexts", "sha256")
+            "official_sysexts", "sha256", "wait_timeout_s")
     data = r.mapping("kubernetes", raw, keys)
     v = "a version such as v1.31.3"
     sha_raw = r.mapping("kubernetes.sha256", data.get("sha256"), REMOTE_ARTIFACTS)
@@ -405,6 +407,8 @@ def _read_kubernetes(r: Reader, raw: Any) -> Kubernetes:
                                  pattern=r"https?://\S+", expect="an http(s):// URL").rstrip("/"),
         official_sysexts=tuple(sysexts),
         sha256=sha256,
+        wait_timeout_s=r.integer("kubernetes.wait_timeout_s", data.get("wait_timeout_s"), 900,
+                                 minimum=10, maximum=86400),
     )
 
 

@@ -1,0 +1,127 @@
+"""`doit translate`: build/<c>/butane/X.yaml -> build/<c>/ign/X.ign, one subtask per file.
+
+Our layers read files relative to build/<c>/ (`local: ign/<layer>.ign`, `local: pki/ca.key`),
+so each subtask's file_dep is its Butane file plus exactly those references: a layer is
+translated again only when something it embeds changed. A user's extra layer reads files
+relative to its own folder, as `butane -d <its folder>` would.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Cluster, fingerprint
+from tasks.context import build, cluster, guarded
+from tasks.paths import Build
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One translation: a Butane file, the folder its `local:` paths are relative to, and those paths."""
+
+    name: str
+    files_dir: Path
+    refs: tuple[str, ...]
+    doc: str
+    origin: Path | None = None  # a user layer's own file (we translate its copy)
+
+
+def units(c: Cluster, paths: Build) -> list[Unit]:
+    """Every translation of the cluster, in dependency order (cheap: reads only user layers)."""
+    from tasks.render import extra_layers, outputs
+
+    result = [
+        Unit(out.name, paths.root, out.refs, f"Translate {out.name} to Ignition")
+        for out in outputs(c)
+    ]
+    extras: list[Unit] = []
+    for source, name in extra_layers(c).items():
+        from tasks.butane import local_references
+
+        refs = tuple(local_references(source.read_bytes()))
+        doc = f"Translate the user layer {source.name} to Ignition"
+        extras.append(Unit(name, source.parent, refs, doc, source))
+    # User layers first: nodes merge them.
+    return extras + result
+
+
+def is_private(path: Path) -> bool:
+    """True unless everyone may read the file: such inputs make the output a secret too."""
+    return not (path.stat().st_mode & stat.S_IROTH)
+
+
+def translate_bytes(source: Path, files_dir: Path, backend: str, container_image: str) -> bytes:
+    """Ignition JSON for one Butane file with the configured backend (strict: warnings fail)."""
+    if backend == "native":
+        from tasks.butane import dump_ignition, translate_file
+
+        config, _report = translate_file(source, files_dir, strict=True)
+        return dump_ignition(config, pretty=True)
+    from tasks.run import require_program, run
+
+    if backend == "binary":
+        proc = run(["butane", "--pretty", "--strict", "-d", files_dir, source])
+        return proc.stdout
+    # container: the files dir is mounted read-only; the Butane text goes in on stdin.
+    engine = "podman" if _has("podman") else "docker"
+    require_program(engine)
+    proc = run(
+        [engine, "run", "--rm", "-i", "--network=none", "-v", f"{files_dir}:/files:ro",
+         container_image, "--pretty", "--strict", "-d", "/files"],
+        input=source.read_bytes(),
+    )
+    return proc.stdout
+
+
+def _has(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+@guarded
+def translate_unit(name: str) -> None:
+    from tasks.errors import TranslateError
+    from tasks.fsutil import PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, write_if_changed
+
+    c, paths = cluster(), build()
+    unit = next(u for u in units(c, paths) if u.name == name)
+    source = paths.butane_file(name)
+    try:
+        data = translate_bytes(source, unit.files_dir, c.butane.backend, c.butane.container_image)
+    except TranslateError as exc:
+        if unit.origin is None:
+            raise
+        # Point at the user's file, not our copy of it (same text, same line numbers).
+        raise TranslateError(str(exc).replace(str(source), str(unit.origin)),
+                             f"fix {unit.origin} (butane.extra_layers in {c.source})") from None
+    # Secret in, secret out: a merged child or embedded file that is private keeps this private.
+    private = any(is_private(unit.files_dir / ref) for ref in unit.refs)
+    ensure_private_dir(paths.ign)
+    write_if_changed(paths.ign_file(name), data, PRIVATE_FILE if private else PUBLIC_FILE)
+
+
+def backend_settings(c: Cluster) -> tuple[str, str | None]:
+    return c.butane.backend, c.butane.container_image if c.butane.backend == "container" else None
+
+
+def task_translate() -> Iterator[dict[str, Any]]:
+    """Translate each Butane file to Ignition (deps: the files it merges and embeds)."""
+    from doit.tools import config_changed
+
+    c, paths = cluster(), build()
+    backend = fingerprint(*backend_settings(c))
+    for unit in units(c, paths):
+        yield {
+            "name": unit.name,
+            "doc": unit.doc,
+            "actions": [(translate_unit, [unit.name])],
+            "file_dep": [str(paths.butane_file(unit.name)), *(str(unit.files_dir / r) for r in unit.refs)],
+            "targets": [str(paths.ign_file(unit.name))],
+            "uptodate": [config_changed(backend)],
+            "clean": True,
+        }

@@ -1,0 +1,236 @@
+"""The Butane layers as rendered from config: every size, keepalived roles, haproxy, exact contexts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tasks.config import PROJECT_ROOT, Cluster, fingerprint, parse_config
+from tasks.render import (
+    CP,
+    INIT,
+    LAYERS,
+    check_references,
+    outputs,
+    render_layers,
+    render_output,
+    virtual_router_id,
+)
+
+SIZES = [(1, 0), (1, 2), (3, 0), (3, 2), (5, 20)]
+
+
+def make_config(
+    tmp_path: Path, control_planes: int = 3, workers: int = 2, changes: dict[str, Any] | None = None
+) -> Cluster:
+    """config.yaml with other nodes and build_dir under tmp_path; changes' keys are dotted paths."""
+    data = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
+    names = [f"node{i}-cp" for i in range(1, control_planes + 1)]
+    names += [f"node{i}-worker" for i in range(control_planes + 1, control_planes + workers + 1)]
+    data["nodes"] = [
+        {"name": n, "role": "control-plane" if n.endswith("-cp") else "worker", "ip": f"192.168.122.{30 + i}"}
+        for i, n in enumerate(names, start=1)
+    ]
+    data["build_dir"] = str(tmp_path / "build")
+    for dotted, value in (changes or {}).items():
+        *parents, last = dotted.split(".")
+        target = data
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[int(last) if isinstance(target, list) else last] = value
+    path = tmp_path / "config.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return parse_config(path.read_text(), path)
+
+
+def inline_of(butane: str, path: str) -> str:
+    """The inline contents of one file in a rendered Butane text."""
+    for entry in yaml.safe_load(butane).get("storage", {}).get("files", []):
+        if entry["path"] == path:
+            return str(entry["contents"]["inline"])
+    raise AssertionError(f"no {path} in the rendered layer")
+
+
+@pytest.mark.parametrize(("control_planes", "workers"), SIZES)
+def test_every_size_renders_valid_layers_with_declared_references(
+    tmp_path: Path, control_planes: int, workers: int
+) -> None:
+    c = make_config(tmp_path, control_planes, workers)
+    texts = render_layers(c)
+    assert list(texts) == [*LAYERS, *(n.name for n in c.nodes)]
+    for out in outputs(c):
+        doc = yaml.safe_load(texts[out.name])
+        assert doc["variant"] == "flatcar" and doc["version"] == "1.1.0"
+        check_references(out, texts[out.name])
+        # A secret is only ever named (local:), never rendered.
+        assert "PRIVATE KEY" not in texts[out.name] and "auth_pass" not in texts[out.name]
+        assert not re.search(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b", texts[out.name])
+
+
+def test_declared_reference_check_fails_on_drift(tmp_path: Path) -> None:
+    c = make_config(tmp_path)
+    out = next(o for o in outputs(c) if o.name == "node1-cp")
+    text = render_output(out) + "# local: pki/ca.key\n"  # a comment is not a reference
+    check_references(out, text)
+    bad = render_output(out).replace("local: secrets/keepalived-auth.conf", "local: pki/ca.key")
+    with pytest.raises(Exception, match="differ from the declared"):
+        check_references(out, bad)
+
+
+def keepalived_settings(text: str) -> dict[str, Any]:
+    def one(key: str) -> str:
+        found = re.findall(rf"^\s*{key}\s+(\S+)\s*$", text, re.MULTILINE)
+        assert len(found) == 1, f"{key}: {found}"
+        return str(found[0])
+
+    peers = re.search(r"unicast_peer \{\n(.*?)\n\s*\}", text, re.DOTALL)
+    return {
+        "state": one("state"),
+        "priority": int(one("priority")),
+        "weight": int(one("weight")),
+        "vrid": int(one("virtual_router_id")),
+        "src": re.findall(r"unicast_src_ip\s+(\S+)", text),
+        "peers": peers.group(1).split() if peers else [],
+    }
+
+
+@pytest.mark.parametrize("control_planes", [1, 3, 5])
+def test_keepalived_has_one_master_and_descending_backups(tmp_path: Path, control_planes: int) -> None:
+    c = make_config(tmp_path, control_planes, 2)
+    texts = render_layers(c)
+    settings = [keepalived_settings(inline_of(texts[n.name], "/etc/keepalived/keepalived.conf"))
+                for n in c.control_planes]
+    assert [s["state"] for s in settings] == ["MASTER"] + ["BACKUP"] * (control_planes - 1)
+    priorities = [s["priority"] for s in settings]
+    assert priorities == sorted(priorities, reverse=True) and len(set(priorities)) == control_planes
+    assert {s["vrid"] for s in settings} == {virtual_router_id(c.name)}
+    for i, s in enumerate(settings):
+        me = str(c.control_planes[i].ip)
+        others = [str(n.ip) for n in c.control_planes if str(n.ip) != me]
+        assert s["peers"] == others
+        assert s["src"] == ([me] if others else [])
+        # A node whose check fails drops below every healthy one.
+        for j, other in enumerate(settings):
+            if i != j:
+                assert s["priority"] + s["weight"] < other["priority"]
+    for worker in c.workers:
+        assert "/etc/keepalived" not in texts[worker.name]
+
+
+def test_virtual_router_id_depends_on_the_cluster_name() -> None:
+    ids = [virtual_router_id(f"cluster{i}") for i in range(100)]
+    assert all(1 <= i <= 255 for i in ids)
+    assert len(set(ids)) > 50
+    assert virtual_router_id("ha") == virtual_router_id("ha")
+
+
+@pytest.mark.parametrize("control_planes", [1, 3, 5])
+def test_haproxy_binds_every_address_and_checks_every_control_plane(
+    tmp_path: Path, control_planes: int
+) -> None:
+    c = make_config(tmp_path, control_planes, 2, changes={"network.apiserver_port": 7443})
+    cfg = inline_of(render_layers(c)[CP], "/etc/haproxy/haproxy.cfg")
+    assert re.search(r"^\s*bind \*:7443$", cfg, re.MULTILINE)
+    servers = re.findall(r"^\s*server (\S+) (\S+)$", cfg, re.MULTILINE)
+    assert servers == [(n.name, f"{n.ip}:6443") for n in c.control_planes]
+    assert "http-check send meth GET uri /healthz" in cfg
+    assert re.search(r"default-server check check-ssl", cfg)
+
+
+def test_images_are_pinned_and_not_auto_updated(tmp_path: Path) -> None:
+    text = render_layers(make_config(tmp_path))[CP]
+    for name in ("keepalived", "haproxy"):
+        unit = inline_of(text, f"/etc/containers/systemd/{name}.container")
+        image = re.findall(r"^Image=(\S+)$", unit, re.MULTILINE)
+        assert len(image) == 1 and re.search(r":\d+\.\d+\.\d+", image[0]) and ":latest" not in image[0]
+        assert "AutoUpdate" not in unit
+
+
+def test_sha256_pins_become_verification_hashes(tmp_path: Path) -> None:
+    keys = ("kubernetes", "crio", "cilium_cli", "kubernetes_sysupdate", "crio_sysupdate", "noop_sysupdate")
+    pins = {k: f"{i:x}" * 64 for i, k in enumerate(keys, start=1)}
+    texts = render_layers(make_config(tmp_path, changes={"kubernetes.sha256": pins}))
+    everything = "\n".join(texts.values())
+    for digest in pins.values():
+        assert everything.count(f"hash: sha256-{digest}") == 1
+    plain = render_layers(make_config(tmp_path / "plain"))
+    assert "verification" not in "\n".join(plain.values())
+
+
+def test_sysexts_follow_the_bakery_layout(tmp_path: Path) -> None:
+    c = make_config(tmp_path, changes={"kubernetes.version": "v1.30.5", "kubernetes.crio_version": "v1.30.4"})
+    base = yaml.safe_load(render_layers(c)["00_base-k8s"])
+    files = {f["path"]: f for f in base["storage"]["files"]}
+    url = "https://extensions.flatcar.org/extensions"
+    assert files["/opt/extensions/kubernetes/kubernetes-v1.30.5-x86-64.raw"]["contents"]["source"] == (
+        f"{url}/kubernetes-v1.30.5-x86-64.raw")
+    assert files["/etc/sysupdate.kubernetes.d/kubernetes-v1.30.conf"]["contents"]["source"] == (
+        f"{url}/kubernetes/kubernetes-v1.30.conf")
+    assert files["/opt/extensions/crio/crio-v1.30.4-x86-64.raw"]["contents"]["source"] == (
+        f"{url}/crio-v1.30.4-x86-64.raw")
+    assert files["/etc/sysupdate.d/noop.conf"]["contents"]["source"] == f"{url}/noop.conf"
+    assert "releases/download/latest" not in yaml.safe_dump(base)
+    links = {link["path"]: link["target"] for link in base["storage"]["links"]}
+    assert links["/etc/extensions/kubernetes.raw"] == (
+        "/opt/extensions/kubernetes/kubernetes-v1.30.5-x86-64.raw")
+    assert links["/etc/extensions/docker-flatcar.raw"] == "/dev/null"
+    assert files["/etc/flatcar/enabled-sysext.conf"]["contents"]["inline"] == "zfs\npodman\n"
+    units = {u["name"]: u for u in base["systemd"]["units"]}
+    assert units["locksmithd.service"]["mask"] is True
+    assert units["systemd-sysupdate.timer"]["enabled"] is True
+    dropins = "".join(d["contents"] for d in units["systemd-sysupdate.service"]["dropins"])
+    assert dropins.count("touch /run/reboot-required") == 2
+
+
+def test_control_planes_get_podman_for_quadlet_even_if_config_omits_it(tmp_path: Path) -> None:
+    c = make_config(tmp_path, changes={"kubernetes.official_sysexts": ["zfs"]})
+    texts = render_layers(c)
+    assert inline_of(texts[CP], "/etc/flatcar/enabled-sysext.conf") == "zfs\npodman\n"
+    assert inline_of(texts["00_base-k8s"], "/etc/flatcar/enabled-sysext.conf") == "zfs\n"
+
+
+def test_network_matches_the_vm_mac(tmp_path: Path) -> None:
+    c = make_config(tmp_path, 1, 1, changes={"network.interface": "ens3"})
+    for node in c.nodes:
+        text = render_layers(c)[node.name]
+        network = inline_of(text, "/etc/systemd/network/00-ens3.network")
+        assert f"MACAddress={node.mac}" in network and f"Address={node.ip}/24" in network
+        assert "Name=" not in network
+        assert "Name=ens3" in inline_of(text, "/etc/systemd/network/00-ens3.link")
+
+
+def test_cilium_is_installed_once_on_the_init_node_only(tmp_path: Path) -> None:
+    c = make_config(tmp_path, 3, 2, changes={"network.apiserver_port": 7443})
+    texts = render_layers(c)
+    units = {u["name"]: u for u in yaml.safe_load(texts[INIT])["systemd"]["units"]}
+    start = units["cilium-install.service"]["contents"]
+    assert f"k8sServiceHost={c.network.vip} " in start and "k8sServicePort=7443" in start
+    assert "kubeProxyReplacement=true" in start and "ConditionPathExists=!" in start
+    assert sum("cilium" in t for t in texts.values()) == 1
+
+
+def changed_outputs(before: Cluster, after: Cluster) -> set[str]:
+    def prints(c: Cluster) -> dict[str, str]:
+        return {o.name: fingerprint(o.template, o.context) for o in outputs(c)}
+
+    a, b = prints(before), prints(after)
+    assert set(a) == set(b)
+    return {name for name in a if a[name] != b[name]}
+
+
+def test_each_context_holds_exactly_what_its_file_reads(tmp_path: Path) -> None:
+    base = make_config(tmp_path / "a")
+
+    def changed(name: str, changes: dict[str, Any]) -> set[str]:
+        return changed_outputs(base, make_config(tmp_path / name, changes=changes))
+
+    assert changed("b", {"nodes.4.ip": "192.168.122.99"}) == {"node5-worker"}
+    assert changed("c", {"kubernetes.cilium_version": "1.17.0"}) == {INIT}
+    # A control plane's address is in haproxy (20), the init node's SANs, and every peer list.
+    assert changed("d", {"nodes.2.ip": "192.168.122.98"}) == {CP, "node1-cp", "node2-cp", "node3-cp"}
+    assert changed("e", {"ssh_authorized_keys": ["ssh-ed25519 AAAA x"]}) == {"00_base-k8s"}
