@@ -1,0 +1,112 @@
+"""tasks.download against a real HTTP server on 127.0.0.1 (and file:// paths)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from test_image_support import FAST, IMAGE_DATA, Site, site_fixture  # noqa: F401  (site is a fixture)
+
+from tasks.download import NotFoundError, _progress, download_file, fetch_bytes
+from tasks.errors import DownloadError
+
+PATH = "/files/blob.img"
+
+
+def test_plain_download(tmp_path: Path, site: Site) -> None:
+    site.behaviour.files[PATH] = IMAGE_DATA
+    part = tmp_path / "blob.part"
+    result = download_file(site.url + PATH, part, FAST)
+    assert part.read_bytes() == IMAGE_DATA
+    assert (result.size, result.resumed) == (len(IMAGE_DATA), False)
+    assert site.behaviour.requests == [(PATH, None)]
+    assert not (tmp_path / "blob.part.meta").exists()
+
+
+def test_resume_is_reported_and_byte_identical(tmp_path: Path, site: Site) -> None:
+    site.behaviour.files[PATH] = IMAGE_DATA
+    site.behaviour.drop_after[PATH] = [123_457]
+    part = tmp_path / "blob.part"
+    result = download_file(site.url + PATH, part, FAST)
+    assert part.read_bytes() == IMAGE_DATA
+    assert result.resumed
+    first, second = site.behaviour.requests
+    assert first == (PATH, None) and second[1] is not None and second[1].startswith("bytes=")
+
+
+def test_partial_file_of_another_url_is_not_resumed(tmp_path: Path, site: Site) -> None:
+    site.behaviour.files[PATH] = IMAGE_DATA
+    part = tmp_path / "blob.part"
+    part.write_bytes(b"x" * 1000)
+    (tmp_path / "blob.part.meta").write_text(json.dumps({"url": site.url + "/other", "validator": ""}))
+    assert not download_file(site.url + PATH, part, FAST).resumed
+    assert part.read_bytes() == IMAGE_DATA
+    assert site.behaviour.requests == [(PATH, None)]
+
+
+def test_client_error_is_not_retried(tmp_path: Path, site: Site) -> None:
+    site.behaviour.files[PATH] = IMAGE_DATA
+    site.behaviour.fail_first[PATH] = [403]
+    with pytest.raises(DownloadError, match=r"blob\.img: HTTP 403 Forbidden"):
+        download_file(site.url + PATH, tmp_path / "blob.part", FAST)
+    assert len(site.behaviour.requests) == 1
+
+
+def test_not_found_is_not_retried(tmp_path: Path, site: Site) -> None:
+    with pytest.raises(NotFoundError, match=rf"{site.url}/missing: not found \(HTTP 404\)"):
+        download_file(site.url + "/missing", tmp_path / "x.part", FAST)
+    assert len(site.behaviour.requests) == 1
+
+
+def test_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port any more.
+    with pytest.raises(DownloadError, match=r"failed after 3 attempt\(s\): connection failed: .*refused"):
+        download_file(f"http://127.0.0.1:{port}/x", tmp_path / "x.part", FAST)
+
+
+def test_fetch_bytes_limits_size(tmp_path: Path, site: Site) -> None:
+    site.behaviour.files["/small.txt"] = b"FLATCAR_VERSION=1.2.3\n"
+    site.behaviour.files["/big.txt"] = b"x" * 5000
+    assert fetch_bytes(site.url + "/small.txt", FAST, max_bytes=100) == b"FLATCAR_VERSION=1.2.3\n"
+    with pytest.raises(DownloadError, match="larger than the 100 bytes expected"):
+        fetch_bytes(site.url + "/big.txt", FAST, max_bytes=100)
+
+
+def test_local_files(tmp_path: Path) -> None:
+    source = tmp_path / "key file.asc"
+    source.write_bytes(b"key")
+    assert fetch_bytes(str(source)) == b"key"
+    assert fetch_bytes("file://" + str(source).replace(" ", "%20")) == b"key"
+    part = tmp_path / "copy.part"
+    assert download_file(f"file://{source}", part).size == 3
+    with pytest.raises(NotFoundError, match="no such file"):
+        fetch_bytes(str(tmp_path / "absent.asc"))
+    with pytest.raises(NotFoundError, match="no such file"):
+        download_file(f"file://{tmp_path}/absent.img", part)
+
+
+def test_progress_bar_only_when_asked() -> None:
+    out = io.StringIO()
+    with _progress("http://h/a/image.img", 0, 4 << 20, dataclasses.replace(FAST, progress=True), out) as bar:
+        bar.last -= 1  # let the first update draw
+        bar(1 << 20)
+    text = out.getvalue()
+    assert text.startswith("\r  image.img  25.0% 1/4 MiB") and text.endswith("\n")
+    quiet = io.StringIO()
+    with _progress("http://h/a/image.img", 0, 4 << 20, FAST, quiet) as bar:
+        bar.last -= 1
+        bar(1 << 20)
+    assert quiet.getvalue() == ""
+    # progress=None follows the stream: a StringIO is not a terminal.
+    auto = io.StringIO()
+    with _progress("http://h/a/image.img", 0, None, dataclasses.replace(FAST, progress=None), auto) as bar:
+        bar.last -= 1
+        bar(1 << 20)
+    assert auto.getvalue() == ""
