@@ -136,13 +136,6 @@ def remove_cluster(c: Cluster) -> None:
         remove_pool(host.uri, host.pool)
 
 
-def _defined(task: str) -> bool:
-    # `ha` depends on the earlier stages only where this dodo.py defines them: doit refuses to
-    # load a task_dep on an unknown task.
-    dodo = sys.modules.get("dodo")
-    return dodo is not None and callable(getattr(dodo, f"task_{task}", None))
-
-
 def task_preflight() -> Iterator[dict[str, Any]]:
     """Check each hypervisor: tools, connection, network, KVM, free space."""
     for host in hosts(cluster()):
@@ -173,8 +166,7 @@ def task_vm() -> Iterator[dict[str, Any]]:
 
 def task_ha() -> dict[str, Any]:
     """Create every VM: new_cluster + image + overlays + VMs."""
-    earlier = [t for t in ("new_cluster", "image") if _defined(t)]
-    return {"actions": None, "task_dep": [*earlier, "vm"]}
+    return {"actions": None, "task_dep": ["new_cluster", "image", "vm"]}
 
 
 def task_rm_vm() -> Iterator[dict[str, Any]]:
