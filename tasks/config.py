@@ -399,7 +399,7 @@ def _read_kubernetes(r: Reader, raw: Any) -> Kubernetes:
         token_ttl=r.string("kubernetes.token_ttl", data.get("token_ttl"), "720h", pattern=GO_DURATION,
                            expect="a duration such as 24h, 720h or 1h30m, or 0 for never"),
         ca_validity_days=r.integer("kubernetes.ca_validity_days", data.get("ca_validity_days"), 3650,
-                                   minimum=30, maximum=36500),
+                                   minimum=365, maximum=36500),
         key_algorithm=r.string("kubernetes.key_algorithm", data.get("key_algorithm"), "rsa-2048",
                                choices=KEY_ALGORITHMS),
         sysext_base_url=r.string("kubernetes.sysext_base_url", data.get("sysext_base_url"),

@@ -102,6 +102,14 @@ def admin_conf_current(pki_dir: Path, out: Path, *, cluster_name: str, server: s
     )
 
 
+def admin_not_after(out: Path) -> datetime.datetime:
+    """When the client certificate in the kubeconfig at out expires."""
+    from cryptography import x509
+
+    _, cert_pem, _ = admin_conf_credentials(out)
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
 def ensure_admin_conf(pki_dir: Path, out: Path, *, cluster_name: str, server: str) -> bool:
     """Keep out as it is when current (re-runs stay byte-identical); else write it. True if written."""
     if out.exists() and admin_conf_current(pki_dir, out, cluster_name=cluster_name, server=server):

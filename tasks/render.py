@@ -8,6 +8,7 @@ build/<name>/ (pki/..., secrets/...) and the translator embeds them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
@@ -252,7 +253,9 @@ def outputs(c: Cluster) -> list[Output]:
     return result
 
 
+@functools.cache
 def _environment() -> Any:
+    """One Environment per process, so each template is compiled once for all outputs."""
     import jinja2
 
     from tasks.kubeadm import render_config
