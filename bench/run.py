@@ -71,8 +71,13 @@ def timed(action: Callable[[], object], repeats: int, before: Callable[[], objec
     return samples
 
 
+# Users' Pythons cache bytecode; a sandbox that sets PYTHONDONTWRITEBYTECODE would make every
+# run recompile every module and measure the compiler instead of the pipeline.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run(argv: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, env=ENV)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -99,13 +99,22 @@ def _settings(c: Cluster) -> dict[str, Any]:
 
 @guarded
 def make_pki() -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.pki_crypto import generate_key
     from tasks.pki_kubeconfig import RENEW_BEFORE, admin_not_after, ensure_admin_conf
     from tasks.pki_store import ensure_pki
 
     c, paths = cluster(), build()
-    written = ensure_pki(paths.pki, **_settings(c), rotate_command=rotate_hint())
-    if ensure_admin_conf(paths.pki, paths.admin_conf, cluster_name=c.name, server=server_url(c)):
-        written.append(str(paths.admin_conf))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # A first run also needs admin.conf's client key: make it while the CAs are made.
+        admin_key = pool.submit(generate_key, c.kubernetes.key_algorithm) if not paths.admin_conf.exists() else None
+        written = ensure_pki(paths.pki, **_settings(c), rotate_command=rotate_hint())
+        if ensure_admin_conf(
+            paths.pki, paths.admin_conf, cluster_name=c.name, server=server_url(c),
+            new_key=admin_key.result if admin_key else None,
+        ):
+            written.append(str(paths.admin_conf))
     # Names only: the files hold secrets.
     if written:
         print(f"PKI {paths.pki} ({c.kubernetes.key_algorithm}): wrote {', '.join(written)}")

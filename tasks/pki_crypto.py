@@ -74,7 +74,10 @@ def public_key_pem(key: PrivateKey) -> bytes:
 
 def load_private_key(pem: bytes, what: str) -> PrivateKey:
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        # Only the pipeline's own keys (0600 files in 0700 folders it wrote) are loaded here, and
+        # callers check each key against its certificate. OpenSSL's RSA consistency check costs
+        # ~35 ms per key on every load, so it is skipped: it guards against crafted foreign keys.
+        key = serialization.load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError) as exc:
         raise PkiError(f"{what} is not a readable unencrypted PEM private key: {exc}") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
@@ -165,17 +168,19 @@ def sign_certificate(
     client: bool = False,
     validity_days: int = 365,
     key_algorithm: str | None = None,
+    key: PrivateKey | None = None,
 ) -> tuple[bytes, bytes]:
     """A leaf certificate signed by the CA: (certificate PEM, private key PEM).
 
-    The key uses key_algorithm, or the CA's own algorithm when None. Validity never
-    exceeds the CA's (a verifier would reject the tail anyway).
+    The key is `key` when given (made ahead, say in parallel), else a new one of key_algorithm,
+    or of the CA's own algorithm when None. Validity never exceeds the CA's (a verifier would
+    reject the tail anyway).
     """
     if not (server or client):
         raise PkiError("a certificate must be for a server, a client, or both")
     ca_cert = load_certificate(ca_cert_pem, "CA certificate")
     ca_key = load_private_key(ca_key_pem, "CA key")
-    key = generate_key(key_algorithm or key_algorithm_of(ca_key))
+    key = key or generate_key(key_algorithm or key_algorithm_of(ca_key))
     now = _now()
     not_after = min(now + datetime.timedelta(days=validity_days), ca_cert.not_valid_after_utc)
     attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]

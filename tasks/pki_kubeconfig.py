@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def kubeconfig_text(cluster_name: str, server: str, ca_pem: bytes, cert_pem: byt
     return str(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
 
 
-def write_admin_conf(pki_dir: Path, out: Path, *, cluster_name: str, server: str) -> None:
+def write_admin_conf(
+    pki_dir: Path, out: Path, *, cluster_name: str, server: str, key: pki_crypto.PrivateKey | None = None
+) -> None:
     """Issue a new admin client certificate from pki_dir's CA and write the kubeconfig (0600)."""
     ca_pem = (pki_dir / "ca.crt").read_bytes()
     cert_pem, key_pem = pki_crypto.sign_certificate(
@@ -55,6 +58,7 @@ def write_admin_conf(pki_dir: Path, out: Path, *, cluster_name: str, server: str
         organizations=[ADMIN_GROUP],
         client=True,
         validity_days=ADMIN_VALIDITY_DAYS,
+        key=key,
     )
     atomic_write(out, kubeconfig_text(cluster_name, server, ca_pem, cert_pem, key_pem), PRIVATE_FILE)
 
@@ -110,11 +114,17 @@ def admin_not_after(out: Path) -> datetime.datetime:
     return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
 
 
-def ensure_admin_conf(pki_dir: Path, out: Path, *, cluster_name: str, server: str) -> bool:
-    """Keep out as it is when current (re-runs stay byte-identical); else write it. True if written."""
+def ensure_admin_conf(
+    pki_dir: Path, out: Path, *, cluster_name: str, server: str,
+    new_key: Callable[[], pki_crypto.PrivateKey] | None = None,
+) -> bool:
+    """Keep out as it is when current (re-runs stay byte-identical); else write it. True if written.
+
+    new_key, when given, supplies the client key (a key made ahead of time, in parallel).
+    """
     if out.exists() and admin_conf_current(pki_dir, out, cluster_name=cluster_name, server=server):
         if out.stat().st_mode & 0o777 != PRIVATE_FILE:
             out.chmod(PRIVATE_FILE)
         return False
-    write_admin_conf(pki_dir, out, cluster_name=cluster_name, server=server)
+    write_admin_conf(pki_dir, out, cluster_name=cluster_name, server=server, key=new_key() if new_key else None)
     return True
