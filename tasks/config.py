@@ -141,6 +141,14 @@ class Butane:
 
 
 @dataclass(frozen=True)
+class LoadBalancer:
+    """The container images of the control planes' VIP holder and API load balancer."""
+
+    keepalived_image: str
+    haproxy_image: str
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     nodes: tuple[Node, ...]
@@ -152,6 +160,7 @@ class Cluster:
     ssh_authorized_keys: tuple[str, ...]
     source: Path
     build_dir: Path
+    load_balancer: LoadBalancer
 
     @property
     def control_planes(self) -> tuple[Node, ...]:
@@ -428,12 +437,25 @@ def _read_butane(r: Reader, raw: Any, config_dir: Path) -> Butane:
             paths.append(resolved)
         layers.append((role, tuple(paths)))
     image = r.string("butane.container_image", data.get("container_image"), "quay.io/coreos/butane:v0.25.1",
-                     pattern=r"\S+:(?!latest$)[\w.-]+|\S+@sha256:[0-9a-f]{64}",
-                     expect="an image with a pinned tag or digest (not :latest)")
+                     pattern=PINNED_IMAGE, expect="an image with a pinned tag or digest (not :latest)")
     return Butane(
         backend=r.string("butane.backend", data.get("backend"), "native", choices=BUTANE_BACKENDS),
         container_image=image,
         extra_layers=tuple(layers),
+    )
+
+
+PINNED_IMAGE = r"\S+:(?!latest$)[\w.-]+|\S+@sha256:[0-9a-f]{64}"
+
+
+def _read_load_balancer(r: Reader, raw: Any) -> LoadBalancer:
+    data = r.mapping("load_balancer", raw, ("keepalived_image", "haproxy_image"))
+    expect = "an image with a pinned tag or digest (not :latest)"
+    return LoadBalancer(
+        keepalived_image=r.string("load_balancer.keepalived_image", data.get("keepalived_image"),
+                                  "docker.io/osixia/keepalived:2.0.20", pattern=PINNED_IMAGE, expect=expect),
+        haproxy_image=r.string("load_balancer.haproxy_image", data.get("haproxy_image"),
+                               "docker.io/library/haproxy:2.8.10-alpine", pattern=PINNED_IMAGE, expect=expect),
     )
 
 
@@ -447,7 +469,7 @@ def _read_ssh_keys(r: Reader, raw: Any) -> tuple[str, ...]:
     return tuple(k for k in r.items("ssh_authorized_keys", raw, read) if k)
 
 
-TOP_KEYS = ("name", "nodes", "network", "flatcar", "kubernetes", "vm", "butane",
+TOP_KEYS = ("name", "nodes", "network", "flatcar", "kubernetes", "vm", "butane", "load_balancer",
             "ssh_authorized_keys", "allow_even_control_planes", "build_dir")
 
 
@@ -492,12 +514,14 @@ def parse_config(text: str, source: Path) -> Cluster:
             r.problem(join(node.path, "ip"), f"{node.ip} lies inside the pod or service subnet")
     butane = _read_butane(r, data.get("butane"), config_dir)
     keys = _read_ssh_keys(r, data.get("ssh_authorized_keys"))
+    load_balancer = _read_load_balancer(r, data.get("load_balancer"))
     build_root = _resolve(PROJECT_ROOT, r.string("build_dir", data.get("build_dir"), "build"))
     if r.problems:
         raise ConfigError(str(source), r.problems, "edit the file and run `doit show` to check it")
     return Cluster(
         name=name, nodes=nodes, network=network, flatcar=flatcar, kubernetes=kubernetes, vm=vm,
         butane=butane, ssh_authorized_keys=keys, source=source, build_dir=build_root / name,
+        load_balancer=load_balancer,
     )
 
 

@@ -23,8 +23,6 @@ from tasks.paths import Build, Src
 BUTANE_VERSION = "1.1.0"
 # Pinned on purpose: a moving tag (or podman auto-update) would change the control plane
 # under a running cluster. Bump deliberately.
-KEEPALIVED_IMAGE = "docker.io/osixia/keepalived:2.0.20"
-HAPROXY_IMAGE = "docker.io/library/haproxy:2.8.10-alpine"
 CILIUM_CLI_URL = "https://github.com/cilium/cilium-cli/releases/download/{version}/cilium-linux-amd64.tar.gz"
 
 BASE, HA, CP, INIT, JOIN_CP, JOIN = (
@@ -134,8 +132,8 @@ def _control_plane_layer(c: Cluster) -> Output:
         pki=pki,
         apiserver_port=c.network.apiserver_port,
         control_planes=[{"name": n.name, "ip": str(n.ip)} for n in c.control_planes],
-        keepalived_image=KEEPALIVED_IMAGE,
-        haproxy_image=HAPROXY_IMAGE,
+        keepalived_image=c.load_balancer.keepalived_image,
+        haproxy_image=c.load_balancer.haproxy_image,
         # Quadlet needs Flatcar's podman sysext: add it on control planes if config omits it.
         enabled_sysexts=None if "podman" in sysexts else [*sysexts, "podman"],
     )

@@ -15,6 +15,16 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _flatcar_version(c: Cluster) -> str:
+    from tasks.image import resolved_version
+
+    if c.flatcar.version != "current":
+        return c.flatcar.version
+    resolved = resolved_version(c)
+    return f"current = {resolved} (resolved once; delete build/{c.name}/flatcar-version.json to move on)" \
+        if resolved else "current (resolved by `doit image`)"
+
+
 def describe_cluster(c: Cluster) -> str:
     net, k8s, fc = c.network, c.kubernetes, c.flatcar
     head = [
@@ -23,7 +33,7 @@ def describe_cluster(c: Cluster) -> str:
         f"gateway {net.gateway}, dns {', '.join(map(str, net.dns))})",
         f"  kubernetes   {k8s.version}, CRI-O {k8s.crio_version}, Cilium CLI {k8s.cilium_cli_version}, "
         f"pods {k8s.pod_subnet}, services {k8s.service_subnet}, token TTL {k8s.token_ttl}",
-        f"  flatcar      {fc.channel} {fc.version}  from {fc.channel_url}",
+        f"  flatcar      {fc.channel} {_flatcar_version(c)}  from {fc.channel_url}",
         f"  signing key  {fc.signing_key_fingerprint}",
         f"  build        {c.build_dir}",
         "",
