@@ -7,8 +7,10 @@ from tasks.image import task_image, task_verify_gpg
 from tasks.kubeconfig import task_kubeconfig
 from tasks.overlay import task_overlay, task_pool
 from tasks.pki import task_pki, task_rotate_pki
+from tasks.prune import task_prune
 from tasks.render import task_render, task_secrets
 from tasks.show import task_show
+from tasks.status import task_status
 from tasks.translate import task_translate
 from tasks.vm import task_ha, task_preflight, task_rm_ha, task_rm_vm, task_vm
 from tasks.wait import task_wait
@@ -34,12 +36,14 @@ __all__ = [
     "task_pki",
     "task_pool",
     "task_preflight",
+    "task_prune",
     "task_render",
     "task_rm_ha",
     "task_rm_vm",
     "task_rotate_pki",
     "task_secrets",
     "task_show",
+    "task_status",
     "task_translate",
     "task_verify_gpg",
     "task_vm",

@@ -1,0 +1,122 @@
+"""`doit status` against a real libvirtd with tiny guests and a real TLS API server on 127.0.0.1.
+
+The API column is checked against test_wait's HTTPS server, which demands admin.conf's client
+certificate and presents a certificate from the cluster's own CA: `--server` points status there,
+so nothing ever connects to the (data-only) VIP.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import test_vm
+import test_wait
+from libvirt_fixture import virsh
+from test_image_support import keys_fixture, site_fixture  # noqa: F401  (fixtures)
+from test_scaling import add_node, define_foreign_domain, drop_node, table
+from test_vm import MakeCluster, libvirt_fixture  # noqa: F401  (libvirt_fixture is a fixture)
+from test_wait import ServerFactory, node
+
+from tasks.libvirt_domain import VmInputs
+from tasks.paths import Build
+from tasks.pki import issue_certificate
+from tasks.prune import Domain
+from tasks.status import CHANGED, CURRENT, NOT_BUILT, ignition_state
+
+# Fixtures of other modules under their own names (pytest registers them by attribute name).
+make_cluster = test_vm.make_cluster
+tls_api = test_wait.tls_api
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_status_shows_real_vm_states_ignition_and_api(
+    make_cluster: MakeCluster, tls_api: ServerFactory, tmp_path: Path
+) -> None:
+    tc = make_cluster(2)  # cp1 (init) and w2
+    add_node(tc, "w3", "192.168.122.33")
+    tc.doit("ha")
+    name = tc.c.name
+    # w3 leaves the config (its VM stays), w4 joins it without a VM, w5's name is taken by a
+    # domain flatcar-ha did not make; w2 is stopped; cp1's Ignition changes after its VM was made.
+    drop_node(tc, "w3")
+    add_node(tc, "w4", "192.168.122.34")
+    add_node(tc, "w5", "192.168.122.35")
+    define_foreign_domain(tc, f"{name}-w5")
+    virsh(tc.uri, "destroy", f"{name}-w2")
+    ign = tc.ign("cp1")
+    ign.write_text(json.dumps({**json.loads(ign.read_text()), "passwd": {}}))
+
+    paths = Build(tc.c.build_dir)
+    cert, key = issue_certificate(paths.pki, common_name="kube-apiserver", ip_addresses=["127.0.0.1"],
+                                  server=True)
+    (tmp_path / "apiserver.crt").write_bytes(cert)
+    (tmp_path / "apiserver.key").write_bytes(key)
+    api = tls_api(tmp_path / "apiserver.crt", tmp_path / "apiserver.key", paths.pki / "ca.crt", 0,
+                  [node("cp1", True), node("w2", False)])
+
+    out = tc.doit("status", "--server", api.url)
+    rows = table(out)
+    assert list(rows) == ["cp1", "w2", "w4", "w5"]
+    assert rows["cp1"]["ROLE"] == "control-plane (init)" and rows["w2"]["ROLE"] == "worker"
+    assert [rows[n]["STATE"] for n in rows] == ["running", "shut off", "missing", "not ours"]
+    assert [rows[n]["IGNITION"] for n in rows] == ["changed", "current", "missing", "missing"]
+    assert rows["cp1"]["KUBERNETES"] == "Ready"
+    assert rows["w2"]["KUBERNETES"].startswith("NotReady (KubeletNotReady")
+    assert rows["w4"]["KUBERNETES"] == "not registered with the API server yet"
+    config = {n.name: n for n in tc.c.nodes}
+    for n in ("cp1", "w2"):
+        assert rows[n]["VM"] == f"{name}-{n}" and rows[n]["LIBVIRT"] == tc.uri
+        assert rows[n]["IP"] == str(config[n].ip) and rows[n]["MAC"] == config[n].mac
+    assert f"API {api.url}: ready, 1/4 nodes Ready" in out
+    # The VM of the node removed from config is shown, with what to do about it.
+    assert f"  {name}-w3 on {tc.uri}: running (worker w3, 192.168.122.33)" in out
+    assert "doit prune" in out
+    assert "cp1: its Ignition changed since the VM was made: doit recreate=cp1 vm:cp1" in out
+    assert "w2: VM stopped: doit vm:w2 starts it" in out
+    assert "w4: no VM yet: doit ha" in out
+    assert "w4: no Ignition yet: doit new_cluster" in out
+    # Status only reads: nothing was started, created or removed.
+    assert tc.state("w2") == "shut off"
+    assert sorted(tc.domains()) == sorted(f"{name}-{n}" for n in ("cp1", "w2", "w3", "w5"))
+    assert not tc.ign("w4").exists()
+
+    offline = tc.doit("status", "--no-api")
+    assert "API not checked (--no-api)" in offline
+    assert {r["KUBERNETES"] for r in table(offline).values()} == {"?"}
+
+    refused = tc.doit("status", "--server", f"https://127.0.0.1:{closed_port()}")
+    assert "not ready (ConnectionError: [Errno 111] Connection refused)" in refused
+    assert table(refused)["w2"]["STATE"] == "shut off"
+    virsh(tc.uri, "undefine", f"{name}-w5")
+
+
+def test_status_reports_an_unreachable_hypervisor_as_a_row(make_cluster: MakeCluster) -> None:
+    tc = make_cluster(1)
+    tc.config.write_text(tc.config.read_text().replace(
+        f"libvirt_uri: {tc.uri}", "libvirt_uri: qemu+tcp://127.0.0.1:9/system"))
+    out = tc.doit("status", "--no-api")
+    assert table(out)["cp1"]["STATE"] == "unreachable"
+    assert "hypervisors not reachable:\n  qemu+tcp://127.0.0.1:9/system: " in out
+
+
+def test_ignition_state_compares_the_recorded_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    ign = tmp_path / "n.ign"
+    assert ignition_state(ign, None) == NOT_BUILT
+    ign.write_text('{"ignition":{"version":"3.4.0"}}')
+    digest = hashlib.sha256(ign.read_bytes()).hexdigest()
+    assert ignition_state(ign, None) == "-"
+
+    def domain(sha: str) -> Domain:
+        return Domain("qemu:///system", "c-n", "running", VmInputs("c", "n", sha, "0" * 64, "1" * 64))
+
+    assert ignition_state(ign, domain(digest)) == CURRENT
+    assert ignition_state(ign, domain("f" * 64)) == CHANGED
