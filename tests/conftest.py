@@ -7,6 +7,20 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+from libvirt_fixture import Libvirt, libvirt_daemons
+from test_image_support import keys_fixture, site_fixture
+
+# Shared fixtures are registered here, once: a session fixture imported into several test
+# modules would be set up once per module (two libvirtd instances, two signing keyrings).
+__all__ = ["keys_fixture", "site_fixture", "libvirt_fixture"]
+
+
+@pytest.fixture(name="libvirt", scope="session")
+def libvirt_fixture() -> Generator[Libvirt, None, None]:
+    """libvirtd + virtlogd for the whole run: started only if absent, then stopped by PID."""
+    with libvirt_daemons() as lv:
+        yield lv
+
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

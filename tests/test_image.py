@@ -18,9 +18,7 @@ from test_image_support import (  # noqa: F401  (keys and site are fixtures)
     Keys,
     Site,
     agent_running,
-    keys_fixture,
     make_cluster,
-    site_fixture,
     write_key,
 )
 

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_image_support import FAST, IMAGE_DATA, Site, site_fixture  # noqa: F401  (site is a fixture)
+from test_image_support import FAST, IMAGE_DATA, Site
 
 from tasks.download import NotFoundError, _progress, download_file, fetch_bytes
 from tasks.errors import DownloadError

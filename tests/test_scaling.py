@@ -15,8 +15,7 @@ import test_vm
 import yaml
 from day2_support import write_config
 from libvirt_fixture import Libvirt, run_doit, virsh
-from test_image_support import keys_fixture, site_fixture  # noqa: F401  (fixtures)
-from test_vm import MakeCluster, VmCluster, assert_node_runs_its_ignition, libvirt_fixture  # noqa: F401
+from test_vm import MakeCluster, VmCluster, assert_node_runs_its_ignition
 
 from tasks.config import load_config
 from tasks.paths import Build

@@ -14,9 +14,8 @@ from pathlib import Path
 import test_vm
 import test_wait
 from libvirt_fixture import virsh
-from test_image_support import keys_fixture, site_fixture  # noqa: F401  (fixtures)
 from test_scaling import add_node, define_foreign_domain, drop_node, table
-from test_vm import MakeCluster, libvirt_fixture  # noqa: F401  (libvirt_fixture is a fixture)
+from test_vm import MakeCluster
 from test_wait import ServerFactory, node
 
 from tasks.libvirt_domain import VmInputs

@@ -20,32 +20,17 @@ from libvirt_fixture import (
     LOCAL,
     Libvirt,
     cluster_yaml,
-    libvirt_daemons,
     run_doit,
     sweep,
     tiny_qcow2,
     unique_name,
     virsh,
 )
-from test_image_support import (  # noqa: F401  (keys and site are fixtures)
-    ROOT,
-    VERSION,
-    Keys,
-    Site,
-    keys_fixture,
-    site_fixture,
-    write_key,
-)
+from test_image_support import ROOT, VERSION, Keys, Site, write_key
 
 from tasks.config import Cluster, parse_config
 from tasks.libvirt_domain import FWCFG_NAME, VmInputs, disk_file, fwcfg_file
 from tasks.paths import Build
-
-
-@pytest.fixture(name="libvirt", scope="session")
-def libvirt_fixture() -> Iterator[Libvirt]:
-    with libvirt_daemons() as lv:
-        yield lv
 
 
 @dataclass
