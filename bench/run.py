@@ -50,6 +50,7 @@ class Row:
 class Results:
     rows: list[Row] = field(default_factory=list)
     facts: list[tuple[str, str, str]] = field(default_factory=list)  # (what, value, target/verdict)
+    reports: list[tuple[str, str]] = field(default_factory=list)  # (title, text) of stand-alone benches
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -255,7 +256,22 @@ def render(res: Results, repeats: int) -> str:
     if res.facts:
         lines += ["", "| fact | value | expectation |", "| --- | --- | --- |"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in res.facts]
+    for title, text in res.reports:
+        lines += ["", f"## {title}", "", text]
     return "\n".join(lines) + "\n"
+
+
+def stand_alone(title: str, script: str, *args: str) -> Callable[[Results, int], None]:
+    """A bench of its own (it needs a server or libvirtd): its report is appended verbatim."""
+
+    def section(res: Results, repeats: int) -> None:
+        proc = subprocess.run([PYTHON, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                              env=ENV, cwd=ROOT)
+        text = proc.stdout.strip() if proc.returncode == 0 else f"FAILED ({proc.returncode}):\n{proc.stderr[-2000:]}"
+        print(text, flush=True)
+        res.reports.append((title, text))
+
+    return section
 
 
 SECTIONS: dict[str, Callable[[Results, int], None]] = {
@@ -264,6 +280,10 @@ SECTIONS: dict[str, Callable[[Results, int], None]] = {
     "new_cluster": lambda res, n: bench_new_cluster(res, n, 2, "5 nodes"),
     "new_cluster_50": lambda res, n: bench_new_cluster(res, n, 47, "50 nodes"),
     "translate": bench_translate,
+    "download": stand_alone("Download + verify of 1 GiB from 127.0.0.1 against curl (bench/bench_download.py)",
+                            "bench_download.py", "--size-mib", "1024", "--repeat", "3"),
+    "vms": stand_alone("Serial vs parallel creation of 5 tiny VMs (bench/bench_vms.py)", "bench_vms.py",
+                       "--rounds", "3"),
 }
 
 
