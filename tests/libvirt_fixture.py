@@ -99,14 +99,10 @@ def _stop(pid: int) -> None:
 @dataclass(frozen=True)
 class Libvirt:
     local_uri: str
-    tcp_uri: str | None  # None: a libvirtd we did not start, without a loopback TCP listener
-
-    def require_tcp(self) -> str:
-        if self.tcp_uri is None:
-            raise AssertionError(
-                "libvirtd was already running without a TCP listener on 127.0.0.1:16509; stop it so the "
-                "tests start their own, or start it with `libvirtd -d -l` and listen_addr 127.0.0.1")
-        return self.tcp_uri
+    # A remote-style URI for the same daemon: TCP on 127.0.0.1 when these tests started libvirtd
+    # (or it already listens there); else qemu+unix, which still takes the pipeline's remote path
+    # (nothing on a shared filesystem) without reconfiguring a daemon we do not own.
+    remote_uri: str
 
 
 @contextlib.contextmanager
@@ -122,7 +118,7 @@ def libvirt_daemons() -> Iterator[Libvirt]:
     DEFAULT_NET_AUTOSTART.unlink(missing_ok=True)
     started: list[int] = []
     tmp = Path(tempfile.mkdtemp(prefix="flatcar-ha-libvirtd-"))
-    tcp_uri: str | None = None
+    remote_uri = "qemu+unix:///system"
     try:
         if _alive(Path("/run/virtlogd.pid")) is None:
             subprocess.run(["virtlogd", "-d"], check=True, timeout=30)
@@ -144,16 +140,16 @@ def libvirt_daemons() -> Iterator[Libvirt]:
                 time.sleep(0.1)
             assert pid is not None, f"libvirtd -d did not start: {(tmp / 'libvirtd.log').read_text()}"
             started.append(pid)
-            tcp_uri = f"qemu+tcp://127.0.0.1:{port}/system"
+            remote_uri = f"qemu+tcp://127.0.0.1:{port}/system"
         elif _listening(16509):
-            tcp_uri = "qemu+tcp://127.0.0.1/system"
+            remote_uri = "qemu+tcp://127.0.0.1/system"
         for _ in range(300):
             if virsh(LOCAL, "list", check=False).returncode == 0:
                 break
             time.sleep(0.1)
         # Let libvirtd probe QEMU once now rather than inside a timed step.
         virsh(LOCAL, "capabilities")
-        yield Libvirt(LOCAL, tcp_uri)
+        yield Libvirt(LOCAL, remote_uri)
     finally:
         for pid in reversed(started):
             _stop(pid)

@@ -205,7 +205,7 @@ def test_prune_without_libvirt_fails_cleanly(tmp_path: Path) -> None:
 
 def test_one_hypervisor_behind_two_uris_has_no_strays(make_cluster: MakeCluster, libvirt: Libvirt) -> None:
     """The same libvirtd through qemu:///system and qemu+tcp://127.0.0.1: nothing is a leftover."""
-    tcp = libvirt.require_tcp()
+    tcp = libvirt.remote_uri
     tc = make_cluster(2)
     tc.doit("ha")
     both = tc.domains()

@@ -170,7 +170,7 @@ def test_parallel_creation_of_five_nodes(make_cluster: MakeCluster) -> None:
 def test_remote_hypervisor_gets_everything_through_libvirt(
     make_cluster: MakeCluster, libvirt: Libvirt
 ) -> None:
-    tc = make_cluster(2, uri=libvirt.require_tcp())
+    tc = make_cluster(2, uri=libvirt.remote_uri)
     tc.image_dir.mkdir(mode=0o711)
     # The pipeline runs where the hypervisor's image directory is an empty, unreadable tmpfs: every
     # byte of base image, overlay and Ignition must travel through libvirt's storage API.
