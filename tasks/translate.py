@@ -16,7 +16,7 @@ from typing import Any
 
 from tasks.config import Cluster, fingerprint
 from tasks.context import build, cluster, guarded
-from tasks.paths import Build
+from tasks.paths import Build, Src
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,16 @@ def task_translate() -> Iterator[dict[str, Any]]:
 
     c, paths = cluster(), build()
     backend = fingerprint(*backend_settings(c))
+    # With the built-in translator, its own code is an input too: an upgraded flatcar-ha
+    # re-translates instead of leaving Ignition made by the old code.
+    translator = sorted(str(f) for f in (Src.TASKS / "butane").glob("*.py")) if c.butane.backend == "native" else []
     for unit in units(c, paths):
         yield {
             "name": unit.name,
             "doc": unit.doc,
             "actions": [(translate_unit, [unit.name])],
-            "file_dep": [str(paths.butane_file(unit.name)), *(str(unit.files_dir / r) for r in unit.refs)],
+            "file_dep": [str(paths.butane_file(unit.name)), *(str(unit.files_dir / r) for r in unit.refs),
+                         *translator],
             "targets": [str(paths.ign_file(unit.name))],
             "uptodate": [config_changed(backend)],
             "clean": True,
