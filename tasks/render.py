@@ -252,12 +252,20 @@ def outputs(c: Cluster) -> list[Output]:
 
 
 @functools.cache
-def _environment() -> Any:
-    """One Environment per process, so each template is compiled once for all outputs."""
+def _environment(bytecode_dir: Path | None = None) -> Any:
+    """One Environment per process, so each template is compiled once for all outputs.
+
+    With bytecode_dir, compiled templates are also kept across runs (keyed by the template's
+    checksum and jinja's version, so an edited template or an upgrade recompiles).
+    """
     import jinja2
 
     from tasks.kubeadm import render_config
 
+    cache = None
+    if bytecode_dir is not None:
+        bytecode_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cache = jinja2.FileSystemBytecodeCache(str(bytecode_dir))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Src.BUTANE)),
         undefined=jinja2.StrictUndefined,
@@ -265,6 +273,7 @@ def _environment() -> Any:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        bytecode_cache=cache,
     )
     env.filters["kubeadm_config"] = render_config
     return env
@@ -299,9 +308,9 @@ def check_references(out: Output, text: str) -> None:
 def write_output(name: str) -> None:
     from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
 
-    paths = build()
-    out = next(o for o in outputs(cluster()) if o.name == name)
-    text = render_output(out)
+    paths, c = build(), cluster()
+    out = next(o for o in outputs(c) if o.name == name)
+    text = render_output(out, _environment(c.flatcar.cache_dir / "jinja"))
     check_references(out, text)
     ensure_private_dir(paths.butane)
     # No secret is ever rendered, so the Butane text itself is public (its folder is not).
