@@ -473,9 +473,9 @@ TOP_KEYS = ("name", "nodes", "network", "flatcar", "kubernetes", "vm", "butane",
             "ssh_authorized_keys", "allow_even_control_planes", "build_dir")
 
 
-def parse_config(text: str, source: Path) -> Cluster:
+def parse_config(text: str, source: Path, yaml_cache: Path | None = None) -> Cluster:
     """Validate config text; raise ConfigError listing every problem."""
-    located, problems = load_located(text, str(source))
+    located, problems = load_located(text, yaml_cache)
     r = Reader(located)
     r.problems.extend(problems)
     if problems and located.data is None:
@@ -534,4 +534,6 @@ def load_config(path: Path) -> Cluster:
                           "pass an existing file: doit config=path/to/config.yaml ...") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [Problem("<file>", None, f"cannot be read: {exc}")]) from None
-    return parse_config(text, path.resolve())
+    # Parsed YAML is remembered under the default cache folder (the config's own cache_dir is
+    # not known before parsing).
+    return parse_config(text, path.resolve(), PROJECT_ROOT / "cache" / "config")

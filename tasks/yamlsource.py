@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-
-import yaml
 
 from tasks.errors import Problem
 
@@ -33,12 +34,14 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _convert(node: yaml.Node, path: str, lines: dict[str, int], problems: list[Problem]) -> Any:
+def _convert(node: Any, path: str, lines: dict[str, int], problems: list[Problem], construct: Any) -> Any:
+    import yaml
+
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.constructor.SafeConstructor().construct_object(key_node)
+            key = construct(key_node)
             if not isinstance(key, str):
                 problems.append(
                     Problem(path or "<top>", key_node.start_mark.line + 1, f"key {key!r} is not a string")
@@ -50,16 +53,18 @@ def _convert(node: yaml.Node, path: str, lines: dict[str, int], problems: list[P
                     Problem(child, key_node.start_mark.line + 1, "is given twice; keep one")
                 )
             lines[child] = key_node.start_mark.line + 1
-            result[key] = _convert(value_node, child, lines, problems)
+            result[key] = _convert(value_node, child, lines, problems, construct)
             lines[child] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, join(path, i), lines, problems) for i, item in enumerate(node.value)]
-    return yaml.constructor.SafeConstructor().construct_object(node)
+        return [_convert(item, join(path, i), lines, problems, construct) for i, item in enumerate(node.value)]
+    return construct(node)
 
 
-def load_located(text: str, source: str) -> tuple[Located, list[Problem]]:
+def parse_located(text: str) -> tuple[Located, list[Problem]]:
     """Parse one YAML document; malformed YAML becomes a Problem, never an exception."""
+    import yaml
+
     try:
         root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
@@ -72,5 +77,50 @@ def load_located(text: str, source: str) -> tuple[Located, list[Problem]]:
         return Located(None), []
     lines: dict[str, int] = {}
     problems: list[Problem] = []
-    data = _convert(root, "", lines, problems)
+    data = _convert(root, "", lines, problems, yaml.constructor.SafeConstructor().construct_object)
     return Located(data, lines), problems
+
+
+def load_located(text: str, cache_dir: Path | None = None) -> tuple[Located, list[Problem]]:
+    """parse_located, remembered in cache_dir by the text's digest when the YAML is clean.
+
+    Every doit invocation loads the config; reading the remembered result as JSON spares
+    importing and running the YAML parser (a good part of a no-op build). Validation still
+    runs on the result every time. Only plain JSON data is remembered, checked to round-trip.
+    """
+    if cache_dir is None:
+        return parse_located(text)
+    entry = cache_dir / (hashlib.sha256(text.encode()).hexdigest() + ".json")
+    try:
+        cached = json.loads(entry.read_text(encoding="utf-8"))
+        return Located(cached["data"], cached["lines"]), []
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    located, problems = parse_located(text)
+    if not problems and located.data is not None:
+        _remember(entry, located)
+    return located, problems
+
+
+def _remember(entry: Path, located: Located) -> None:
+    from tasks.fsutil import atomic_write
+
+    try:
+        payload = json.dumps({"data": located.data, "lines": located.lines})
+        if json.loads(payload)["data"] != located.data:
+            return  # e.g. a YAML value JSON would change: parse again next time
+        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(entry, payload)
+        _trim(entry.parent)
+    except (OSError, TypeError, ValueError):
+        pass  # a cache that cannot be written only costs speed
+
+
+CACHE_ENTRIES = 32
+
+
+def _trim(folder: Path) -> None:
+    """Keep the newest CACHE_ENTRIES entries: each edit of a config adds one."""
+    entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for stale in entries[CACHE_ENTRIES:]:
+        stale.unlink(missing_ok=True)

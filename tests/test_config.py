@@ -254,3 +254,28 @@ def test_doit_list_shows_documented_tasks() -> None:
     for line in lines:
         name, _, doc = line.partition(" ")
         assert doc.strip(), f"task {name} has no docstring"
+
+
+def test_parsed_yaml_is_remembered_and_gives_the_same_cluster(tmp_path: Path) -> None:
+    from tasks.yamlsource import CACHE_ENTRIES
+
+    text = (ROOT / "config.yaml").read_text()
+    cache = tmp_path / "yaml-cache"
+    fresh = parse_config(text, tmp_path / "c.yaml")
+    first = parse_config(text, tmp_path / "c.yaml", cache)
+    (entry,) = cache.glob("*.json")
+    second = parse_config(text, tmp_path / "c.yaml", cache)
+    assert fresh == first == second
+    # Malformed YAML is never remembered; a remembered one still gets validated, with lines.
+    with pytest.raises(ConfigError):
+        parse_config(text + "\nnodes: [unclosed\n", tmp_path / "c.yaml", cache)
+    assert list(cache.glob("*.json")) == [entry]
+    invalid = text.replace("vcpus: 4", "vcpus: 0")
+    line = next(i for i, row in enumerate(invalid.splitlines(), 1) if "vcpus: 0" in row)
+    for _ in range(2):
+        with pytest.raises(ConfigError) as info:
+            parse_config(invalid, tmp_path / "c.yaml", cache)
+        assert [(p.path, p.line) for p in info.value.problems] == [("vm.vcpus", line)]
+    for i in range(CACHE_ENTRIES + 5):
+        parse_config(text.replace("name: ha", f"name: c{i}"), tmp_path / "c.yaml", cache)
+    assert len(list(cache.glob("*.json"))) == CACHE_ENTRIES
