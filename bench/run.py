@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flatcar-ha benchmarks: medians of repeated runs and ratios measured side by side.
 
-    .venv/bin/python bench/run.py [--repeats N] [--quick] [--only SECTION ...]
+    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...]
 
 Prints a markdown table and writes it, with a description of the machine, to
 bench/results.md. Absolute times vary between machines; the ratios are what we track.
@@ -289,7 +289,7 @@ SECTIONS: dict[str, Callable[[Results, int], None]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
     args = parser.parse_args()
