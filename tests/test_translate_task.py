@@ -97,9 +97,10 @@ def test_a_private_input_makes_the_output_private(tmp_path: Path) -> None:
     assert mode(paths.ign_file("extra_worker-motd")) == 0o600
 
 
-def test_an_invalid_user_layer_fails_cleanly(tmp_path: Path) -> None:
+def new_cluster_with_broken_layer(tmp_path: Path, old: str, new: str) -> tuple[Path, int, str]:
+    """Run new_cluster with a worker layer whose text has old replaced by new: (layer, exit, output)."""
     layer = extra_layer(tmp_path / "mine")
-    layer.write_text(layer.read_text().replace("local: motd.txt", "local: missing.txt"))
+    layer.write_text(layer.read_text().replace(old, new))
 
     def add_layer(data: dict[str, Any]) -> None:
         data["butane"]["extra_layers"] = {"worker": [str(layer)]}
@@ -107,23 +108,18 @@ def test_an_invalid_user_layer_fails_cleanly(tmp_path: Path) -> None:
     config = write_config(tmp_path / "cluster", add_layer)
     argv = [str(DOIT), "-f", str(PROJECT_ROOT / "dodo.py"), f"config={config}", "new_cluster"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    output = proc.stdout + proc.stderr
+    return layer, proc.returncode, proc.stdout + proc.stderr
+
+
+def test_an_invalid_user_layer_fails_cleanly(tmp_path: Path) -> None:
+    _, code, output = new_cluster_with_broken_layer(tmp_path, "local: motd.txt", "local: missing.txt")
     # doit refuses to start: the missing file is a declared dependency nobody makes.
-    assert proc.returncode != 0
+    assert code != 0
     assert "missing.txt" in output and "Traceback" not in output
 
 
 def test_a_user_layer_translation_error_names_the_users_file(tmp_path: Path) -> None:
-    layer = extra_layer(tmp_path / "mine")
-    layer.write_text(layer.read_text().replace("  files:", "  filez:"))
-
-    def add_layer(data: dict[str, Any]) -> None:
-        data["butane"]["extra_layers"] = {"worker": [str(layer)]}
-
-    config = write_config(tmp_path / "cluster", add_layer)
-    argv = [str(DOIT), "-f", str(PROJECT_ROOT / "dodo.py"), f"config={config}", "new_cluster"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    layer, code, output = new_cluster_with_broken_layer(tmp_path, "  files:", "  filez:")
+    assert code != 0
     assert f"{layer}: warning at $.storage.filez, line 4" in output
     assert f"hint: fix {layer}" in output and "Traceback" not in output
