@@ -56,6 +56,17 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) ->
     return True
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (images are GiBs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def private_tempdir(parent: Path | None = None, prefix: str = "tmp") -> Iterator[Path]:
     """A 0700 temporary directory that is removed afterwards, whatever happens."""

@@ -34,7 +34,14 @@ from tasks.config import Cluster, Flatcar, fingerprint
 from tasks.context import build, cluster, guarded
 from tasks.download import DEFAULT_POLICY, DownloadPolicy, NotFoundError, download_file, fetch_bytes
 from tasks.errors import DownloadError, PipelineError, VerificationError
-from tasks.fsutil import PUBLIC_FILE, atomic_write, ensure_private_dir, private_tempdir, write_if_changed
+from tasks.fsutil import (
+    PUBLIC_FILE,
+    atomic_write,
+    ensure_private_dir,
+    private_tempdir,
+    sha256_file,
+    write_if_changed,
+)
 
 if TYPE_CHECKING:
     import gnupg
@@ -312,12 +319,6 @@ def _refused(exc: VerificationError, image: Path) -> VerificationError:
         f"{exc.message}\n  the download was deleted; nothing was placed at {image}", exc.hint)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

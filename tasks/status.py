@@ -11,7 +11,6 @@ failure.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.config import Cluster, Node
 from tasks.context import build, cluster, guarded
 from tasks.errors import PipelineError
+from tasks.fsutil import sha256_file
 from tasks.paths import Build
 from tasks.prune import Domain, HostScan, hypervisors, orphans, scan_host
 from tasks.show import format_table
@@ -52,7 +52,7 @@ class ApiStatus:
 def ignition_state(ign: Path, domain: Domain | None) -> str:
     """Whether the VM runs the node's current Ignition, by the sha256 recorded at creation."""
     try:
-        digest = hashlib.sha256(ign.read_bytes()).hexdigest()
+        digest = sha256_file(ign)
     except FileNotFoundError:
         return NOT_BUILT
     if domain is None:
@@ -62,23 +62,13 @@ def ignition_state(ign: Path, domain: Domain | None) -> str:
 
 def probe_api(c: Cluster, paths: Build, server: str) -> ApiStatus:
     """One verified look at /readyz and the node list; the reason when it cannot be had."""
-    import requests
-
-    from tasks.fsutil import PRIVATE_FILE, atomic_write, private_tempdir
-    from tasks.wait import api_target, observe
+    from tasks.wait import api_target, observe, verified_session
 
     ca = paths.pki / "ca.crt"
     if not (paths.admin_conf.is_file() and ca.is_file()):
         return ApiStatus("not checked: no admin.conf or CA yet (doit pki)")
     target = api_target(paths.admin_conf, ca, server or f"https://{c.endpoint}")
-    with private_tempdir(prefix="status-") as tmp, requests.Session() as session:
-        cert, key = tmp / "admin.crt", tmp / "admin.key"
-        atomic_write(cert, target.cert_pem, PRIVATE_FILE)
-        atomic_write(key, target.key_pem, PRIVATE_FILE)
-        session.verify = str(ca)
-        session.cert = (str(cert), str(key))
-        # As in `doit wait`: a proxy from the environment must not see (or refuse) the VIP traffic.
-        session.trust_env = False
+    with verified_session(target) as session:
         try:
             seen = observe(session, target, [n.name for n in c.nodes], API_TIMEOUT_S)
         except PipelineError as exc:

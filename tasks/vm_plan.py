@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from tasks.config import Cluster, Node, fingerprint
 from tasks.errors import LibvirtError, PipelineError
+from tasks.fsutil import sha256_file
 from tasks.libvirt_domain import VmInputs
 from tasks.libvirt_storage import pool_name, pool_path
 from tasks.paths import Build
@@ -57,18 +56,10 @@ def spec_fingerprint(node: Node) -> str:
     return fingerprint(node.vm, node.mac, node.vm_name)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def node_inputs(c: Cluster, paths: Build, node: Node, image_sha256: str) -> VmInputs:
     ign = paths.ign_file(node.name)
     try:
-        ign_sha = file_sha256(ign)
+        ign_sha = sha256_file(ign)
     except FileNotFoundError:
         raise PipelineError(f"{ign} does not exist: node {node.name} has no Ignition yet",
                             f"run `doit translate:{node.name}` (or `doit new_cluster`)") from None

@@ -9,10 +9,11 @@ the server rejects, fails at once: waiting longer cannot fix either.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -182,10 +183,6 @@ def wait_until_ready(
     out: TextIO | None = None,
 ) -> Observation:
     """Poll until /readyz is ok and every node is Ready; NotReadyError with a report at timeout."""
-    import requests
-
-    from tasks.fsutil import PRIVATE_FILE, atomic_write, private_tempdir
-
     if interval_s <= 0 or timeout_s <= 0:
         raise PipelineError(
             f"timeout ({timeout_s}) and poll interval ({interval_s}) must be positive",
@@ -194,14 +191,7 @@ def wait_until_ready(
     progress = Progress(out or sys.stdout)
     start = time.monotonic()
     seen: Observation | None = None
-    with private_tempdir(prefix="wait-") as tmp, requests.Session() as session:
-        cert, key = tmp / "admin.crt", tmp / "admin.key"
-        atomic_write(cert, target.cert_pem, PRIVATE_FILE)
-        atomic_write(key, target.key_pem, PRIVATE_FILE)
-        session.verify = str(target.ca_file)
-        session.cert = (str(cert), str(key))
-        # An https_proxy in the environment would see the VIP traffic, or refuse it.
-        session.trust_env = False
+    with verified_session(target) as session:
         try:
             while True:
                 left = timeout_s - (time.monotonic() - start)
@@ -219,6 +209,25 @@ def wait_until_ready(
                 time.sleep(interval_s)
         finally:
             progress.end()
+
+
+@contextlib.contextmanager
+def verified_session(target: ApiTarget) -> Iterator[requests.Session]:
+    """A session that verifies the server against the cluster CA and presents admin.conf's
+    client certificate, written 0600 in a 0700 temporary folder removed afterwards."""
+    import requests
+
+    from tasks.fsutil import PRIVATE_FILE, atomic_write, private_tempdir
+
+    with private_tempdir(prefix="api-") as tmp, requests.Session() as session:
+        cert, key = tmp / "admin.crt", tmp / "admin.key"
+        atomic_write(cert, target.cert_pem, PRIVATE_FILE)
+        atomic_write(key, target.key_pem, PRIVATE_FILE)
+        session.verify = str(target.ca_file)
+        session.cert = (str(cert), str(key))
+        # An https_proxy in the environment would see the VIP traffic, or refuse it.
+        session.trust_env = False
+        yield session
 
 
 def api_target(admin_conf: Path, ca_file: Path, server: str) -> ApiTarget:
