@@ -10,6 +10,7 @@ autostart link. Imported by tests/test_vm*.py and bench/bench_vms.py; it holds n
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import os
 import shutil
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -96,6 +98,17 @@ def _stop(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+LOCK_FILE = Path("/run/lock/flatcar-ha-libvirt.lock")
+
+
+def stack_lock() -> IO[bytes]:
+    """Hold the machine-wide libvirt lock (blocking) until the returned file is closed."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    handle = LOCK_FILE.open("ab")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
 @dataclass(frozen=True)
 class Libvirt:
     local_uri: str
@@ -114,6 +127,9 @@ def libvirt_daemons() -> Iterator[Libvirt]:
                     "libvirt-clients qemu-utils qemu-system-x86)")
     if os.geteuid() != 0:
         pytest.skip("the libvirt tests need root (qemu:///system)")
+    # One libvirtd serves the machine: runs that use it (test sessions, benches, people) take turns,
+    # so nobody stops a daemon another run is still using.
+    lock = stack_lock()
     _fix_kvm()
     DEFAULT_NET_AUTOSTART.unlink(missing_ok=True)
     started: list[int] = []
@@ -154,6 +170,7 @@ def libvirt_daemons() -> Iterator[Libvirt]:
         for pid in reversed(started):
             _stop(pid)
         shutil.rmtree(tmp, ignore_errors=True)
+        lock.close()
 
 
 def tiny_qcow2(path: Path, size: str = "64M") -> Path:
