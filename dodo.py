@@ -1,29 +1,37 @@
-"""flatcar-ha tasks. Run `doit list` to see them; `doit config=other.yaml TASK` for another cluster."""
+"""flatcar-ha tasks. Run `doit list` to see them; `doit config=other.yaml TASK` for another cluster.
 
-from tasks.cluster import task_new_cluster
-from tasks.context import prepare_state_dir
-from tasks.graph import task_graph
-from tasks.image import task_image, task_verify_gpg
-from tasks.kubeconfig import task_kubeconfig
-from tasks.overlay import task_overlay, task_pool
-from tasks.pki import task_pki, task_rotate_pki
-from tasks.prune import task_prune
-from tasks.render import task_render, task_secrets
-from tasks.show import task_show
-from tasks.status import task_status
-from tasks.translate import task_translate
-from tasks.vm import task_ha, task_preflight, task_rm_ha, task_rm_vm, task_vm
-from tasks.wait import task_wait
+Only the stages (tasks/stages/) are imported here; tasks/__init__.py maps the code.
+"""
+
+from tasks.stages.base import state_file
+from tasks.stages.cluster import task_ha, task_new_cluster
+from tasks.stages.graph import graph_task
+from tasks.stages.hosts import task_pool, task_preflight
+from tasks.stages.image import task_image, task_verify_gpg
+from tasks.stages.kubeconfig import task_kubeconfig
+from tasks.stages.overlay import task_overlay
+from tasks.stages.pki import task_pki, task_rotate_pki
+from tasks.stages.prune import task_prune
+from tasks.stages.render import task_render
+from tasks.stages.secrets import task_secrets
+from tasks.stages.show import task_show
+from tasks.stages.status import task_status
+from tasks.stages.translate import task_translate
+from tasks.stages.vm import task_rm_ha, task_rm_vm, task_vm
+from tasks.stages.wait import task_wait
 
 DOIT_CONFIG = {
     "default_tasks": ["show"],
-    "backend": "json",
-    "dep_file": prepare_state_dir(),
+    # Crash-safe and private (tasks/stages/state.py); build/<name>/ appears with the first run.
+    "backend": "flatcar-ha",
+    "dep_file": state_file(),
     # Fixed here on purpose: changing the checker on an existing state file breaks doit.
     "check_file_uptodate": "md5",
     "verbosity": 1,
     "action_string_formatting": "new",
 }
+
+task_graph = graph_task(globals())
 
 __all__ = [
     "DOIT_CONFIG",

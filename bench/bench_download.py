@@ -35,8 +35,8 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from tasks.config import load_config
-from tasks.download import DownloadPolicy
-from tasks.image import ensure_image
+from tasks.flatcar.download import DownloadPolicy
+from tasks.flatcar.image import ensure_image
 ensure_image(load_config(Path({config!r})), DownloadPolicy(progress=False))
 """
 
@@ -44,7 +44,7 @@ CHILD_DOWNLOAD = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from tasks.download import DownloadPolicy, download_file
+from tasks.flatcar.download import DownloadPolicy, download_file
 download_file({url!r}, Path({out!r}), DownloadPolicy(progress=False))
 """
 

@@ -63,3 +63,8 @@ class DownloadError(PipelineError):
 
 class LibvirtError(PipelineError):
     """A libvirt operation failed or the hypervisor is not usable."""
+
+
+def format_error(exc: PipelineError) -> str:
+    """How every expected error reaches the user, from a task or a script: one format, no traceback."""
+    return f"ERROR: {exc}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.config import PROJECT_ROOT
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Src:
@@ -15,6 +15,15 @@ class Src:
     BUTANE = PROJECT_ROOT / "butane"
     SCRIPTS = PROJECT_ROOT / "scripts"
     TASKS = PROJECT_ROOT / "tasks"
+    TRANSLATOR = TASKS / "butane"
+    # Code whose change must re-render every Butane file: the templates' shared parts and the
+    # modules that build their contexts and kubeadm documents.
+    RENDER_CODE = (
+        BUTANE / "_macros.j2", BUTANE / "_units.j2",
+        TASKS / "plan" / "layers.py", TASKS / "plan" / "templates.py", TASKS / "plan" / "kubeadm.py",
+    )
+    # Code whose change must rewrite the private fragments.
+    SECRETS_CODE = (TASKS / "plan" / "secrets.py", TASKS / "plan" / "kubeadm.py")
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,9 @@ class Build:
         return self.root / "admin.conf"
 
     @property
-    def stamps(self) -> Path:
-        return self.root / "stamps"
+    def image_manifest(self) -> Path:
+        """What `doit image` verified, for the steps after it (tasks/flatcar/image.py)."""
+        return self.root / "flatcar-image.json"
 
     def butane_file(self, name: str) -> Path:
         return self.butane / f"{name}.yaml"

@@ -12,15 +12,13 @@ from pathlib import Path
 
 from tasks.errors import ToolError
 
-# What to install when a program is missing (Debian package names).
+# What to install when a program the pipeline runs is missing (Debian package names): exactly the
+# programs tasks/ starts.
 INSTALL_HINTS: dict[str, str] = {
-    "virt-install": "apt-get install virtinst",
     "virsh": "apt-get install libvirt-clients",
     "qemu-img": "apt-get install qemu-utils",
     "gpg": "apt-get install gnupg",
-    "openssl": "apt-get install openssl",
-    "haproxy": "apt-get install haproxy",
-    "keepalived": "apt-get install keepalived",
+    "gpgconf": "apt-get install gnupg",
     "butane": "install the Butane binary, or set butane.backend: native",
     "podman": "apt-get install podman, or set butane.backend: native",
     "docker": "install docker, or set butane.backend: native",

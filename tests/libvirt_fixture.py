@@ -28,7 +28,7 @@ from typing import IO
 
 import pytest
 
-from tasks.config import PROJECT_ROOT
+from tasks.paths import PROJECT_ROOT
 
 LOCAL = "qemu:///system"
 PROGRAMS = ("libvirtd", "virtlogd", "virsh", "qemu-img", "qemu-system-x86_64")

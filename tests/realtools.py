@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import PROJECT_ROOT
+from tasks.paths import PROJECT_ROOT
 from tasks.run import run
 
 QUADLET = PROJECT_ROOT / ".tools" / "quadlet" / "root" / "usr" / "libexec" / "podman" / "quadlet"

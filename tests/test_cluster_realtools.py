@@ -24,8 +24,8 @@ import yaml
 from realignition import apply_ignition, available
 from realtools import check_haproxy, check_keepalived, check_networkd, quadlet_dryrun, verify_units
 
-from tasks.config import PROJECT_ROOT, Cluster, Node, load_config
-from tasks.paths import Build
+from tasks.config import Cluster, Node, load_config
+from tasks.paths import PROJECT_ROOT, Build
 
 DOIT = Path(sys.executable).parent / "doit"
 DODO = PROJECT_ROOT / "dodo.py"

@@ -257,7 +257,7 @@ def test_doit_list_shows_documented_tasks() -> None:
 
 
 def test_parsed_yaml_is_remembered_and_gives_the_same_cluster(tmp_path: Path) -> None:
-    from tasks.yamlsource import CACHE_ENTRIES
+    from tasks.config.yamlsource import CACHE_ENTRIES
 
     text = (ROOT / "config.yaml").read_text()
     cache = tmp_path / "yaml-cache"

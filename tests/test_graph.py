@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from day2_support import build_root, doit, write_config
 
-from tasks.graph import CONFIG_NODE, load_task_infos, task_graph_of, to_dot
+from tasks.report.graph import CONFIG_NODE, task_graph_of, to_dot
+from tasks.stages.graph import load_task_infos
 
 SVG = "{http://www.w3.org/2000/svg}"
 

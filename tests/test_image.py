@@ -24,7 +24,7 @@ from test_image_support import (  # noqa: F401  (keys and site are fixtures)
 
 from tasks.config import Cluster
 from tasks.errors import DownloadError, PipelineError, VerificationError
-from tasks.image import (
+from tasks.flatcar.image import (
     cached_image,
     ensure_image,
     gnupg_home,

@@ -20,8 +20,8 @@ from test_image_support import (  # noqa: F401  (keys and site are fixtures)
     write_key,
 )
 
-from tasks.config import PROJECT_ROOT
-from tasks.image import image_manifest_path
+from tasks.flatcar.image import image_manifest_path
+from tasks.paths import PROJECT_ROOT
 
 DOIT = [sys.executable, "-m", "doit", "-f", str(PROJECT_ROOT / "dodo.py")]
 

@@ -1,4 +1,4 @@
-"""tasks.download against a real HTTP server on 127.0.0.1 (and file:// paths)."""
+"""tasks.flatcar.download against a real HTTP server on 127.0.0.1 (and file:// paths)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from test_image_support import FAST, IMAGE_DATA, Site
 
-from tasks.download import NotFoundError, _progress, download_file, fetch_bytes
 from tasks.errors import DownloadError
+from tasks.flatcar.download import NotFoundError, _progress, download_file, fetch_bytes
 
 PATH = "/files/blob.img"
 

@@ -1,4 +1,4 @@
-"""tasks.gpgverify against real gpg: which signatures pass, which fail and with what message."""
+"""tasks.flatcar.gpg against real gpg: which signatures pass, which fail and with what message."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from test_image_support import IMAGE_DATA, Keys, agent_running
 
 from tasks.errors import VerificationError
-from tasks.gpgverify import check_key_usable, gpg_home, import_pinned_key, verify_detached
+from tasks.flatcar.gpg import check_key_usable, gpg_home, import_pinned_key, verify_detached
 
 
 def files(tmp_path: Path, signature: bytes, data: bytes = IMAGE_DATA) -> tuple[Path, Path]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config import Cluster, parse_config
-from tasks.download import DownloadPolicy
+from tasks.flatcar.download import DownloadPolicy
 
 IMAGE = "flatcar_production_qemu_image.img"
 VERSION = "4081.2.0"

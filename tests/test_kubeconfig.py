@@ -12,8 +12,8 @@ import yaml
 from cryptography import x509
 from day2_support import build_root, doit, write_config
 
-from tasks.kubeconfig import admin_entries, kubeconfig_target, merge_into
-from tasks.kubeconfig_merge import Entries, KubeconfigError, merge_text
+from tasks.kube.kubeconfig import admin_entries, kubeconfig_target, merge_into
+from tasks.kube.merge import Entries, KubeconfigError, merge_text
 from tasks.pki import generate_pki, write_admin_conf
 
 # Another tool's kubeconfig, as people keep them: comments, odd indentation, flow style.

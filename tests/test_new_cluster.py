@@ -18,8 +18,8 @@ from urllib.parse import unquote_to_bytes
 import pytest
 import yaml
 
-from tasks.config import PROJECT_ROOT, load_config
-from tasks.paths import Build
+from tasks.config import load_config
+from tasks.paths import PROJECT_ROOT, Build
 
 DOIT = Path(sys.executable).parent / "doit"
 EXECUTED = re.compile(r"^\.  (\S+)$", re.MULTILINE)

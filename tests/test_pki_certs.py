@@ -24,8 +24,8 @@ from tasks.pki import (
     read_secret,
     write_admin_conf,
 )
-from tasks.pki_kubeconfig import admin_conf_credentials, read_admin_conf
-from tasks.pki_layout import DERIVED_FILES, PRIMARY_FILES
+from tasks.pki.kubeconfig import admin_conf_credentials, read_admin_conf
+from tasks.pki.layout import DERIVED_FILES, PRIMARY_FILES
 
 VIP = "192.168.122.30"  # data only: nothing connects to it
 SERVER = f"https://{VIP}:6444"

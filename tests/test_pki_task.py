@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import PROJECT_ROOT
+from tasks.paths import PROJECT_ROOT
 from tasks.pki import PKI_FILES, read_secret
-from tasks.pki_crypto import ca_params, check_key_pair
-from tasks.pki_kubeconfig import read_admin_conf
+from tasks.pki.crypto import ca_params, check_key_pair
+from tasks.pki.kubeconfig import read_admin_conf
 
 DOIT = PROJECT_ROOT / ".venv" / "bin" / "doit"
 SCRIPT = PROJECT_ROOT / "scripts" / "generate-k8s-certs"
@@ -247,14 +247,14 @@ def test_interrupted_rotation_leaves_the_old_set_or_a_complete_new_one(tmp_path:
 
 
 def test_loading_the_tasks_does_not_import_cryptography() -> None:
-    heavy = ("cryptography", "tasks.pki_crypto")
-    code = f"import sys, tasks.pki; sys.exit(any(m in sys.modules for m in {heavy!r}))"
+    heavy = ("cryptography", "tasks.pki.crypto")
+    code = f"import sys, tasks.stages.pki; sys.exit(any(m in sys.modules for m in {heavy!r}))"
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, timeout=60).returncode == 0
 
 
 def test_a_key_that_does_not_match_its_certificate_is_refused(tmp_path: Path) -> None:
     from tasks.errors import PkiError
-    from tasks.pki_store import ensure_pki, generate_pki
+    from tasks.pki.store import ensure_pki, generate_pki
 
     pki = tmp_path / "pki"
     generate_pki(pki, key_algorithm="ecdsa-p256", validity_days=3650, cluster_name="t")

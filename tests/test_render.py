@@ -9,17 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import PROJECT_ROOT, Cluster, fingerprint, parse_config
-from tasks.render import (
-    CP,
-    INIT,
-    LAYERS,
-    check_references,
-    outputs,
-    render_layers,
-    render_output,
-    virtual_router_id,
-)
+from tasks.config import Cluster, fingerprint, parse_config
+from tasks.paths import PROJECT_ROOT
+from tasks.plan.layers import CP, INIT, LAYERS, outputs, virtual_router_id
+from tasks.plan.templates import check_references, render_layers, render_output
 
 SIZES = [(1, 0), (1, 2), (3, 0), (3, 2), (5, 20)]
 

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from test_render import inline_of, make_config
 
-from tasks.kubeadm import api_version, init_token_fragment, join_discovery_fragment
-from tasks.render import outputs, render_layers
+from tasks.plan.kubeadm import api_version, init_token_fragment, join_discovery_fragment
+from tasks.plan.layers import outputs
+from tasks.plan.templates import render_layers
 
 TOKEN = "abcdef.0123456789abcdef"
 CA_HASH = "sha256:" + "ab" * 32

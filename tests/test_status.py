@@ -18,11 +18,11 @@ from test_scaling import add_node, define_foreign_domain, drop_node, table
 from test_vm import MakeCluster
 from test_wait import ServerFactory, node
 
-from tasks.libvirt_domain import VmInputs
+from tasks.libvirt.domain import VmInputs
+from tasks.libvirt.inventory import Domain
 from tasks.paths import Build
 from tasks.pki import issue_certificate
-from tasks.prune import Domain
-from tasks.status import CHANGED, CURRENT, NOT_BUILT, ignition_state
+from tasks.report.status import CHANGED, CURRENT, NOT_BUILT, ignition_state
 
 # Fixtures of other modules under their own names (pytest registers them by attribute name).
 make_cluster = test_vm.make_cluster

@@ -12,9 +12,9 @@ from typing import Any
 
 from test_new_cluster import DOIT, embedded, mode, run_doit, write_config
 
-from tasks.config import PROJECT_ROOT, load_config
-from tasks.paths import Build
-from tasks.translate import is_private
+from tasks.config import load_config
+from tasks.paths import PROJECT_ROOT, Build
+from tasks.plan.translation import is_private
 
 
 def test_binary_backend_gives_the_same_ignition_as_native(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from libvirt_fixture import (
 from test_image_support import ROOT, VERSION, Keys, Site, write_key
 
 from tasks.config import Cluster, parse_config
-from tasks.libvirt_domain import FWCFG_NAME, VmInputs, disk_file, fwcfg_file
+from tasks.libvirt.domain import FWCFG_NAME, VmInputs, disk_file, fwcfg_file
 from tasks.paths import Build
 
 
@@ -235,9 +235,9 @@ def test_changed_vm_settings_refuse_then_redefine_on_the_same_disk(make_cluster:
 
 def test_fwcfg_on_the_qemu_command_line_where_libvirt_lacks_sysinfo(libvirt: Libvirt, tmp_path: Path) -> None:
     """The fallback for libvirt < 6.5: -fw_cfg on QEMU's command line, file 0640 for QEMU's group."""
-    from tasks.libvirt_domain import DomainSpec, define_and_start, domain_state, remove_domain
-    from tasks.libvirt_storage import create_overlay, ensure_base, ensure_pool, remove_pool, upload_volume
-    from tasks.libvirt_virsh import host_info
+    from tasks.libvirt.domain import DomainSpec, define_and_start, domain_state, remove_domain
+    from tasks.libvirt.storage import create_overlay, ensure_base, ensure_pool, remove_pool, upload_volume
+    from tasks.libvirt.virsh import host_info
 
     name = unique_name()
     image_dir = IMAGES_ROOT / f"flatcar-ha-test-{name}"

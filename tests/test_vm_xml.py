@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tasks.config import parse_config
-from tasks.libvirt_domain import FWCFG_NAME, DomainSpec, VmInputs, disk_file, domain_xml, fwcfg_file
-from tasks.libvirt_storage import pool_xml, volume_xml
-from tasks.libvirt_virsh import parse_capabilities, parse_version
-from tasks.vm_plan import host_key, hosts, is_node_volume, overlay_volume
+from tasks.libvirt.domain import FWCFG_NAME, DomainSpec, VmInputs, disk_file, domain_xml, fwcfg_file
+from tasks.libvirt.storage import pool_xml, volume_xml
+from tasks.libvirt.virsh import parse_capabilities, parse_version
+from tasks.plan.hosts import host_key, hosts, is_node_volume, overlay_volume
 
 INPUTS = VmInputs("ha", "node1-cp", "a" * 64, "b" * 64, "c" * 64)
 

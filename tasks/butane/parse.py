@@ -17,11 +17,7 @@ import yaml
 
 from tasks.butane.diag import PathTuple, Report
 from tasks.butane.schema import BOOL, INT, STR, ListOf, Obj, Type
-
-try:  # libyaml is ~10x faster; the pure-Python loader gives the same nodes and marks
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover - depends on how pyyaml was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+from tasks.yamlutil import SafeLoader as _Loader
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _TRUE = frozenset("y Y yes Yes YES on On ON true True TRUE".split())

@@ -6,10 +6,7 @@ from typing import Any
 
 import yaml
 
-try:
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+from tasks.yamlutil import SafeLoader as _Loader
 
 
 class _StringLoader(_Loader):

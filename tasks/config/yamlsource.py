@@ -1,0 +1,135 @@
+"""YAML loading that remembers where every value came from (for error messages)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import Problem
+
+
+@dataclass
+class Located:
+    """Plain data from a YAML document plus the line of every path in it."""
+
+    data: Any
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def line(self, path: str) -> int | None:
+        """Line of path, or of its nearest ancestor that has one."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.lines.get("")
+
+
+def join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _convert(node: Any, path: str, lines: dict[str, int], problems: list[Problem], construct: Any) -> Any:
+    import yaml
+
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = construct(key_node)
+            if not isinstance(key, str):
+                problems.append(
+                    Problem(path or "<top>", key_node.start_mark.line + 1, f"key {key!r} is not a string")
+                )
+                continue
+            child = join(path, key)
+            if key in result:
+                problems.append(
+                    Problem(child, key_node.start_mark.line + 1, "is given twice; keep one")
+                )
+            lines[child] = key_node.start_mark.line + 1
+            result[key] = _convert(value_node, child, lines, problems, construct)
+            lines[child] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, join(path, i), lines, problems, construct) for i, item in enumerate(node.value)]
+    return construct(node)
+
+
+def parse_located(text: str) -> tuple[Located, list[Problem]]:
+    """Parse one YAML document; malformed YAML becomes a Problem, never an exception."""
+    import yaml
+
+    from tasks.yamlutil import compose
+
+    try:
+        root = compose(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        return Located(None), [Problem("<yaml>", line, f"malformed YAML: {exc.problem}")]
+    except yaml.YAMLError as exc:
+        return Located(None), [Problem("<yaml>", None, f"malformed YAML: {exc}")]
+    if root is None:
+        return Located(None), []
+    lines: dict[str, int] = {}
+    problems: list[Problem] = []
+    data = _convert(root, "", lines, problems, yaml.constructor.SafeConstructor().construct_object)
+    return Located(data, lines), problems
+
+
+def cache_entry(cache_dir: Path, text: str) -> Path:
+    return cache_dir / (hashlib.sha256(text.encode()).hexdigest() + ".json")
+
+
+def load_located(text: str, cache_dir: Path | None = None) -> tuple[Located, list[Problem]]:
+    """parse_located, or its result remembered in cache_dir by the text's digest.
+
+    Every doit invocation loads the config; reading the remembered result as JSON spares
+    importing and running the YAML parser (a good part of a no-op build). Validation still
+    runs on the result every time. `remember` writes an entry, once the config proved valid.
+    """
+    if cache_dir is None:
+        return parse_located(text)
+    try:
+        cached = json.loads(cache_entry(cache_dir, text).read_text(encoding="utf-8"))
+        return Located(cached["data"], cached["lines"]), []
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return parse_located(text)
+
+
+def remember(cache_dir: Path, text: str, located: Located) -> None:
+    """Keep the parse of a valid config for the next run (only plain JSON data, checked to round-trip)."""
+    entry = cache_entry(cache_dir, text)
+    if not entry.exists():
+        _remember(entry, located)
+
+
+def _remember(entry: Path, located: Located) -> None:
+    from tasks.fsutil import atomic_write
+
+    try:
+        payload = json.dumps({"data": located.data, "lines": located.lines})
+        if json.loads(payload)["data"] != located.data:
+            return  # e.g. a YAML value JSON would change: parse again next time
+        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(entry, payload)
+        _trim(entry.parent)
+    except (OSError, TypeError, ValueError):
+        pass  # a cache that cannot be written only costs speed
+
+
+CACHE_ENTRIES = 32
+
+
+def _trim(folder: Path) -> None:
+    """Keep the newest CACHE_ENTRIES entries: each edit of a config adds one."""
+    entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for stale in entries[CACHE_ENTRIES:]:
+        stale.unlink(missing_ok=True)

@@ -1,0 +1,73 @@
+"""A node's disk and VM on its hypervisor: the overlay tied to its inputs, and what changed.
+
+An overlay is named after the Ignition and base image it was made for (`disk_key`): Ignition
+only runs on a first boot, so a node whose Ignition changed must never boot an old disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.config import Node
+from tasks.errors import LibvirtError
+from tasks.libvirt.domain import VmInputs, domain_state
+from tasks.libvirt.preflight import PER_NODE_BYTES, check_space
+from tasks.libvirt.storage import (
+    base_is_uploaded,
+    base_volume_name,
+    create_overlay,
+    delete_volume,
+    pool_target,
+    volume_exists,
+    volume_names,
+    volume_path,
+)
+from tasks.plan.hosts import Host, changed_error, is_node_volume, overlay_volume
+
+GIB = 1 << 30
+
+
+def check_host_space(host: Host, image: Path, sha256: str) -> None:
+    """Room for the base image (unless uploaded already) and every node's first boot."""
+    uploaded = pool_target(host.uri, host.pool) is not None and base_is_uploaded(host.uri, host.pool, sha256)
+    need = (0 if uploaded else image.stat().st_size) + PER_NODE_BYTES * len(host.nodes)
+    check_space(host.uri, host.local, host.pool, host.pool_path, need, uploaded)
+
+
+def check_not_changed(node: Node, inputs: VmInputs, recreate: bool) -> bool:
+    """Raise unless the node's VM (if any) was made from inputs, or re-creation was asked for.
+
+    Returns whether a VM made from other inputs is to be replaced.
+    """
+    current = domain_state(node.vm.libvirt_uri, node.vm_name)
+    if current is None:
+        return False
+    if current.inputs is None or current.inputs.cluster != inputs.cluster:
+        raise LibvirtError(
+            f"a domain named {node.vm_name} exists on {node.vm.libvirt_uri} but was not created by "
+            f"flatcar-ha for cluster {inputs.cluster}",
+            f"remove or rename it (virsh -c {node.vm.libvirt_uri} undefine {node.vm_name}), "
+            "or rename the cluster",
+        )
+    changes = inputs.changes_from(current.inputs)
+    if not changes:
+        return False
+    if not recreate:
+        raise changed_error(node, changes, inputs.disk_key != current.inputs.disk_key)
+    return True
+
+
+def ensure_overlay(host: Host, node: Node, inputs: VmInputs, image_sha256: str) -> str:
+    """The path of the node's overlay for inputs, created on the hypervisor unless it exists."""
+    name = overlay_volume(inputs)
+    if not volume_exists(host.uri, host.pool, name):
+        base = volume_path(host.uri, host.pool, base_volume_name(image_sha256))
+        return create_overlay(host.uri, host.pool, name, base, node.vm.disk_gib * GIB)
+    return volume_path(host.uri, host.pool, name)
+
+
+def delete_node_volumes(host: Host, node: str, keep: frozenset[str] = frozenset()) -> None:
+    """Delete the node's disks and Ignition copies in the pool, except those named in keep."""
+    for volume in volume_names(host.uri, host.pool):
+        if is_node_volume(node, volume) and volume not in keep:
+            delete_volume(host.uri, host.pool, volume)

@@ -1,0 +1,176 @@
+"""`doit prune`: remove what the cluster keeps for nodes that are no longer in config.yaml.
+
+Deleting a node from config.yaml changes nothing by itself (`doit ha` only creates). `doit prune`
+lists this cluster's VMs, disks, Ignition copies and build files that no configured node owns, and
+`doit prune --yes` removes exactly that list. Both exit 0: the listing is a dry run that worked, so
+scripts may call it freely; only `--yes` deletes. Nothing is drained: the listing prints the
+kubectl commands to run first while the node is still up.
+
+Ownership comes from the metadata the VM stage writes into each domain, never from a name alone:
+a domain named `<cluster>-x` that flatcar-ha did not make for this cluster is left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.config import DNS_LABEL, Cluster
+from tasks.libvirt.domain import remove_domain
+from tasks.libvirt.inventory import NODE_VOLUME, Domain, hypervisors, orphans, scan_host
+from tasks.libvirt.storage import (
+    activate_pool,
+    delete_volume,
+    pool_name,
+    pool_running,
+    pool_target,
+    remove_pool,
+    volume_names,
+)
+from tasks.paths import Build
+
+VM, VOLUME, POOL, FILE = "VM", "volume", "pool", "file"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    kind: str  # VM | volume | pool | file
+    node: str  # "" for a whole pool
+    where: str  # the hypervisor's URI, or the cluster's build folder
+    name: str  # domain, "pool/volume", pool name, or file path
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    leftovers: list[Leftover] = field(default_factory=list)
+    # Nodes gone from the config that still had a VM: what the drain advice is about.
+    gone: dict[str, Domain] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.leftovers
+
+
+def host_leftovers(c: Cluster, uri: str, configured_here: frozenset[str], activate: bool) -> Plan:
+    """What this cluster keeps on uri for nodes the config does not place there."""
+    plan = Plan()
+    for domain in orphans(scan_host(uri, c.name), configured_here):
+        detail = f"{domain.role} {domain.node}, {domain.ip}, {domain.state}"
+        plan.leftovers.append(Leftover(VM, domain.node, uri, domain.name, detail))
+        plan.gone[domain.node] = domain
+    pool = pool_name(c.name)
+    if pool_target(uri, pool) is None:
+        return plan
+    if not configured_here:
+        # No configured node uses this hypervisor any more: its whole pool (base image too) goes.
+        plan.leftovers.append(Leftover(POOL, "", uri, pool, "every volume in it, its folder and definition"))
+        return plan
+    if not pool_running(uri, pool):
+        if not activate:
+            plan.notes.append(f"storage pool {pool} on {uri} is not active, so its volumes were not listed; "
+                              "`prune --yes` starts it and removes the leftovers in it")
+            return plan
+        activate_pool(uri, pool)
+    for volume in volume_names(uri, pool):
+        found = NODE_VOLUME.fullmatch(volume)
+        if found and found["node"] not in configured_here:
+            plan.leftovers.append(Leftover(VOLUME, found["node"], uri, f"{pool}/{volume}"))
+    return plan
+
+
+def file_leftovers(c: Cluster, paths: Build) -> list[Leftover]:
+    """Rendered Butane and Ignition files of nodes that are not in the config at all."""
+    configured = {n.name for n in c.nodes}
+    found: list[Leftover] = []
+    # Layer files have '_' in their names ("00_base-k8s", "extra_x") and a node name never does,
+    # so a file named like a DNS label is a node's.
+    for folder, suffix in ((paths.butane, ".yaml"), (paths.ign, ".ign")):
+        for path in sorted(folder.glob(f"*{suffix}")) if folder.is_dir() else []:
+            stem = path.name.removesuffix(suffix)
+            if re.fullmatch(DNS_LABEL, stem) and stem not in configured:
+                found.append(Leftover(FILE, stem, str(paths.root), str(path)))
+    return found
+
+
+def plan_prune(c: Cluster, paths: Build, extra_uris: Sequence[str] = (), activate: bool = False) -> Plan:
+    """Everything of the cluster no configured node owns, on its hypervisors and extra_uris."""
+    plan = Plan()
+    for hv in hypervisors(c, extra_uris):
+        part = host_leftovers(c, hv.uri, hv.nodes, activate)
+        plan.leftovers += part.leftovers
+        plan.gone.update(part.gone)
+        plan.notes += part.notes
+    configured = {n.name for n in c.nodes}
+    # A node moved to another hypervisor keeps its name in Kubernetes: no drain advice for it.
+    plan.gone = {node: d for node, d in plan.gone.items() if node not in configured}
+    plan.leftovers += file_leftovers(c, paths)
+    return plan
+
+
+def drain_advice(plan: Plan, admin_conf: Path) -> list[str]:
+    """The commands to run while the removed nodes' VMs still run: drain, leave, delete."""
+    if not plan.gone:
+        return []
+    kubectl = f"kubectl --kubeconfig {admin_conf}"
+    lines = ["prune does not drain Kubernetes nodes. While their VMs still run, first:"]
+    for node, domain in sorted(plan.gone.items()):
+        etcd = "   # a control plane: removes its etcd member" if domain.role == "control-plane" else ""
+        lines += [
+            f"  {kubectl} drain {node} --ignore-daemonsets --delete-emptydir-data",
+            f"  ssh core@{domain.ip} sudo kubeadm reset -f{etcd}",
+            f"  {kubectl} delete node {node}",
+        ]
+    if any(d.role == "control-plane" for d in plan.gone.values()):
+        lines.append("Removing a control plane also changes the other control planes' haproxy and keepalived "
+                     "settings: `doit new_cluster ha` then names the nodes to re-create.")
+    return lines
+
+
+def after_removal(plan: Plan, admin_conf: Path) -> list[str]:
+    """What is left to do in Kubernetes once the VMs are gone (drain is no longer possible)."""
+    if not plan.gone:
+        return []
+    nodes = " ".join(sorted(plan.gone))
+    lines = [f"Kubernetes still lists {nodes} until you run: "
+             f"kubectl --kubeconfig {admin_conf} delete node {nodes}"]
+    lines += [f"  and remove the etcd member of control plane {n} (etcdctl member remove)"
+              for n, d in sorted(plan.gone.items()) if d.role == "control-plane"]
+    return lines
+
+
+def describe_plan(c: Cluster, plan: Plan) -> list[str]:
+    if plan.empty:
+        return [f"cluster {c.name}: nothing to prune (every VM, disk and file belongs to a configured node)",
+                *plan.notes]
+    nodes = sorted({item.node for item in plan.leftovers if item.node})
+    owners = f" (node(s) {', '.join(nodes)})" if nodes else ""
+    lines = [f"cluster {c.name}: leftovers that no configured node owns{owners}:"]
+    # Files show their full path; only the hypervisor items are aligned.
+    width = max((len(i.name) for i in plan.leftovers if i.kind != FILE), default=0)
+    for item in plan.leftovers:
+        if item.kind == FILE:
+            lines.append(f"  {item.kind:<6}  {item.name}")
+            continue
+        extra = f" ({item.detail})" if item.detail else ""
+        lines.append(f"  {item.kind:<6}  {item.name:<{width}}  on {item.where}{extra}")
+    return lines + plan.notes
+
+
+def remove_leftovers(plan: Plan) -> int:
+    """Remove the plan's items (VMs first, their disks next, files last); return how many."""
+    order = {VM: 0, POOL: 1, VOLUME: 1, FILE: 2}
+    for item in sorted(plan.leftovers, key=lambda i: order[i.kind]):
+        if item.kind == VM:
+            remove_domain(item.where, item.name)
+        elif item.kind == POOL:
+            remove_pool(item.where, item.name)
+        elif item.kind == VOLUME:
+            pool, volume = item.name.split("/", 1)
+            delete_volume(item.where, pool, volume)
+        else:
+            Path(item.name).unlink(missing_ok=True)
+    return len(plan.leftovers)

@@ -1,0 +1,97 @@
+"""Translation units: each Butane file, the folder its `local:` paths are relative to, and those
+paths; and the backends that turn one into Ignition (native, the butane binary, a container).
+
+Our layers read files relative to build/<c>/ (`local: ign/<layer>.ign`, `local: pki/ca.key`),
+so each unit's inputs are its Butane file plus exactly those references: a layer is translated
+again only when something it embeds changed. A user's extra layer reads files relative to its
+own folder, as `butane -d <its folder>` would.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.config import Cluster
+from tasks.paths import Build, Src
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One translation: a Butane file, the folder its `local:` paths are relative to, and those paths."""
+
+    name: str
+    files_dir: Path
+    refs: tuple[str, ...]
+    doc: str
+    origin: Path | None = None  # a user layer's own file (we translate its copy)
+
+
+def units(c: Cluster, paths: Build) -> list[Unit]:
+    """Every translation of the cluster, in dependency order (cheap: reads only user layers)."""
+    from tasks.plan.layers import extra_layers, outputs
+
+    result = [
+        Unit(out.name, paths.root, out.refs, f"Translate {out.name} to Ignition")
+        for out in outputs(c)
+    ]
+    extras: list[Unit] = []
+    for source, name in extra_layers(c).items():
+        from tasks.butane import local_references
+
+        refs = tuple(local_references(source.read_bytes()))
+        doc = f"Translate the user layer {source.name} to Ignition"
+        extras.append(Unit(name, source.parent, refs, doc, source))
+    # User layers first: nodes merge them.
+    return extras + result
+
+
+def is_private(path: Path) -> bool:
+    """True unless everyone may read the file: such inputs make the output a secret too."""
+    return not (path.stat().st_mode & stat.S_IROTH)
+
+
+def translate_bytes(source: Path, files_dir: Path, backend: str, container_image: str) -> bytes:
+    """Ignition JSON for one Butane file with the configured backend (strict: warnings fail)."""
+    if backend == "native":
+        from tasks.butane import dump_ignition, translate_file
+
+        config, _report = translate_file(source, files_dir, strict=True)
+        return dump_ignition(config, pretty=True)
+    from tasks.run import require_program, run
+
+    if backend == "binary":
+        proc = run(["butane", "--pretty", "--strict", "-d", files_dir, source])
+        return proc.stdout
+    # container: the files dir is mounted read-only; the Butane text goes in on stdin.
+    engine = "podman" if _has("podman") else "docker"
+    require_program(engine)
+    proc = run(
+        [engine, "run", "--rm", "-i", "--network=none", "-v", f"{files_dir}:/files:ro",
+         container_image, "--pretty", "--strict", "-d", "/files"],
+        input=source.read_bytes(),
+    )
+    return proc.stdout
+
+
+def _has(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program) is not None
+
+
+def translator_digest() -> str:
+    """Digest of the built-in translator's code: an upgraded flatcar-ha re-translates instead of
+    leaving Ignition made by the old code. One read of a few small files per run, not a file_dep
+    per translation (which would multiply doit's per-task checks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for source in sorted((Src.TASKS / "butane").glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
+def backend_settings(c: Cluster) -> tuple[str, str | None]:
+    return c.butane.backend, c.butane.container_image if c.butane.backend == "container" else None

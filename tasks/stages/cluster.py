@@ -1,0 +1,19 @@
+"""`doit new_cluster` / `doit ha`: the pipeline's two goals, as groups of the stages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def task_new_cluster() -> dict[str, Any]:
+    """Build PKI, Butane layers and Ignition for every node (offline)."""
+    return {
+        "actions": None,
+        # Only what is stale runs: there is no `clean` first, unlike the article's Makefile.
+        "task_dep": ["pki", "secrets", "render", "translate"],
+    }
+
+
+def task_ha() -> dict[str, Any]:
+    """Create every VM: new_cluster + image + overlays + VMs."""
+    return {"actions": None, "task_dep": ["new_cluster", "image", "vm"]}

@@ -1,0 +1,108 @@
+"""`doit pki` / `doit rotate_pki`: the cluster PKI, made once and never silently replaced.
+
+kubeadm uses CA files it finds in /etc/kubernetes/pki, so pre-shared CAs let every control plane
+join without `--upload-certs` or a certificate key. The PKI itself lives in tasks/pki/.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.config import fingerprint
+from tasks.pki import PKI_FILES, pki_settings
+from tasks.stages.base import Context, action, config_path, context
+
+
+def rotate_hint() -> str:
+    """The exact command that rotates the PKI of the config in use."""
+    return f"doit config={config_path()} rotate_pki"
+
+
+@action
+def make_pki(ctx: Context) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.pki import server_url
+    from tasks.pki.crypto import generate_key
+    from tasks.pki.kubeconfig import RENEW_BEFORE, admin_not_after, ensure_admin_conf
+    from tasks.pki.store import ensure_pki
+
+    c, paths = ctx.cluster, ctx.paths
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # A first run also needs admin.conf's client key: make it while the CAs are made.
+        admin_key = pool.submit(generate_key, c.kubernetes.key_algorithm) if not paths.admin_conf.exists() else None
+        written = ensure_pki(paths.pki, **pki_settings(c), rotate_command=rotate_hint())
+        if ensure_admin_conf(
+            paths.pki, paths.admin_conf, cluster_name=c.name, server=server_url(c),
+            new_key=admin_key.result if admin_key else None,
+        ):
+            written.append(str(paths.admin_conf))
+    # Names only: the files hold secrets.
+    if written:
+        print(f"PKI {paths.pki} ({c.kubernetes.key_algorithm}): wrote {', '.join(written)}")
+    else:
+        print(f"PKI {paths.pki} ({c.kubernetes.key_algorithm}): up to date, nothing written")
+    # Saved by doit for admin_conf_fresh, so an up-to-date run needs no X.509 parsing.
+    return {
+        "admin_renew_after": (admin_not_after(paths.admin_conf) - RENEW_BEFORE).isoformat(),
+        "admin_conf_mtime_ns": paths.admin_conf.stat().st_mtime_ns,
+        "ca_mtime_ns": (paths.pki / "ca.crt").stat().st_mtime_ns,
+    }
+
+
+@action
+def rotate_pki(ctx: Context) -> None:
+    from tasks.pki import server_url, write_admin_conf
+    from tasks.pki.store import rotate_pki as rotate
+
+    c, paths = ctx.cluster, ctx.paths
+    archived = rotate(paths.pki, **pki_settings(c), extra=[paths.admin_conf])
+    write_admin_conf(paths.pki, paths.admin_conf, cluster_name=c.name, server=server_url(c))
+    print(f"new PKI in {paths.pki}" + (f"; the old set is in {archived}" if archived else ""))
+    print("Every node must be re-created: its Ignition embeds the old CAs and token (doit rm_ha ha).")
+
+
+def admin_conf_fresh(task: Any, values: dict[str, Any]) -> bool:
+    """doit up-to-date check: admin.conf and ca.crt are the files the last run checked, and the
+    client certificate is not yet due for renewal. Cheap on purpose: it runs on every no-op build,
+    and the action itself re-checks the certificate chain whenever it runs."""
+    import datetime
+
+    paths = context().paths
+    try:
+        renew_after = datetime.datetime.fromisoformat(values["admin_renew_after"])
+        same_files = (
+            paths.admin_conf.stat().st_mtime_ns == values["admin_conf_mtime_ns"]
+            and (paths.pki / "ca.crt").stat().st_mtime_ns == values["ca_mtime_ns"]
+        )
+    except (KeyError, TypeError, ValueError, OSError):
+        return False
+    return same_files and datetime.datetime.now(datetime.UTC) < renew_after
+
+
+def task_pki() -> dict[str, Any]:
+    """Generate the cluster PKI once: CAs, SA key, token, CA hash, admin.conf."""
+    from doit.tools import config_changed
+
+    ctx = context()
+    c, paths = ctx.cluster, ctx.paths
+    return {
+        "actions": [make_pki],
+        "targets": [str(paths.pki / name) for name in PKI_FILES] + [str(paths.admin_conf)],
+        # Any change here makes the action check the set; it then refuses (key algorithm,
+        # validity) or rewrites only admin.conf (VIP, port): it never regenerates a CA.
+        "uptodate": [
+            config_changed(fingerprint(pki_settings(c), str(c.network.vip), c.network.apiserver_port)),
+            admin_conf_fresh,
+        ],
+        "verbosity": 2,
+    }
+
+
+def task_rotate_pki() -> dict[str, Any]:
+    """Replace the cluster PKI on purpose: archive the old set, make a new one, then re-create nodes."""
+    return {
+        "actions": [rotate_pki],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

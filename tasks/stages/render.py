@@ -1,0 +1,66 @@
+"""`doit render`: the cluster's Butane layers from butane/*.yaml.j2, one subtask per output file.
+
+What each output is (template, context, `local:` references) is planned in tasks/plan/layers.py;
+each subtask's `config_changed` is exactly its template context, so one worker's edit reruns only
+that worker's render.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tasks.config import fingerprint
+from tasks.paths import Src
+from tasks.stages.base import Context, action, context
+
+
+@action
+def write_output(ctx: Context, name: str) -> None:
+    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
+    from tasks.plan.templates import check_references, environment, render_output
+
+    out = ctx.outputs[name]
+    text = render_output(out, environment(ctx.cluster.flatcar.cache_dir / "jinja"))
+    check_references(out, text)
+    ensure_private_dir(ctx.paths.butane)
+    # No secret is ever rendered, so the Butane text itself is public (its folder is not).
+    write_if_changed(ctx.paths.butane_file(name), text, PUBLIC_FILE)
+
+
+@action
+def copy_extra(ctx: Context, source: Path, name: str) -> None:
+    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
+
+    ensure_private_dir(ctx.paths.butane)
+    write_if_changed(ctx.paths.butane_file(name), source.read_bytes(), PUBLIC_FILE)
+
+
+def task_render() -> Iterator[dict[str, Any]]:
+    """Render the Butane layers and one Butane file per node from config.yaml."""
+    from doit.tools import config_changed
+
+    from tasks.plan.layers import extra_layers
+
+    ctx = context()
+    own = [str(p) for p in Src.RENDER_CODE]
+    for out in ctx.outputs.values():
+        yield {
+            "name": out.name,
+            "doc": out.doc,
+            "actions": [(write_output, [out.name])],
+            "file_dep": [str(out.template_path), *own],
+            "targets": [str(ctx.paths.butane_file(out.name))],
+            "uptodate": [config_changed(fingerprint(out.template, out.context))],
+            "clean": True,
+        }
+    for source, name in extra_layers(ctx.cluster).items():
+        yield {
+            "name": name,
+            "doc": f"Copy the user layer {source}",
+            "actions": [(copy_extra, [source, name])],
+            "file_dep": [str(source)],
+            "targets": [str(ctx.paths.butane_file(name))],
+            "clean": True,
+        }

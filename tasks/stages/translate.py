@@ -1,0 +1,67 @@
+"""`doit translate`: build/<c>/butane/X.yaml -> build/<c>/ign/X.ign, one subtask per file.
+
+Each subtask's file_dep is its Butane file plus exactly the files it merges or embeds (see
+tasks/plan/translation.py), so a layer is translated again only when something it reads changed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+from tasks.config import fingerprint
+from tasks.plan.translation import Unit
+from tasks.stages.base import Context, action, context
+
+
+@functools.cache
+def _units() -> dict[str, Unit]:
+    from tasks.plan.translation import units
+
+    ctx = context()
+    return {u.name: u for u in units(ctx.cluster, ctx.paths)}
+
+
+@action
+def translate_unit(ctx: Context, name: str) -> None:
+    from tasks.errors import TranslateError
+    from tasks.fsutil import PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, write_if_changed
+    from tasks.plan.translation import is_private, translate_bytes
+
+    c, paths = ctx.cluster, ctx.paths
+    unit = _units()[name]
+    source = paths.butane_file(name)
+    try:
+        data = translate_bytes(source, unit.files_dir, c.butane.backend, c.butane.container_image)
+    except TranslateError as exc:
+        if unit.origin is None:
+            raise
+        # Point at the user's file, not our copy of it (same text, same line numbers).
+        raise TranslateError(str(exc).replace(str(source), str(unit.origin)),
+                             f"fix {unit.origin} (butane.extra_layers in {c.source})") from None
+    # Secret in, secret out: a merged child or embedded file that is private keeps this private.
+    private = any(is_private(unit.files_dir / ref) for ref in unit.refs)
+    ensure_private_dir(paths.ign)
+    write_if_changed(paths.ign_file(name), data, PRIVATE_FILE if private else PUBLIC_FILE)
+
+
+def task_translate() -> Iterator[dict[str, Any]]:
+    """Translate each Butane file to Ignition (deps: the files it merges and embeds)."""
+    from doit.tools import config_changed
+
+    from tasks.plan.translation import backend_settings, translator_digest
+
+    ctx = context()
+    c, paths = ctx.cluster, ctx.paths
+    backend = fingerprint(*backend_settings(c), translator_digest() if c.butane.backend == "native" else None)
+    for unit in _units().values():
+        yield {
+            "name": unit.name,
+            "doc": unit.doc,
+            "actions": [(translate_unit, [unit.name])],
+            "file_dep": [str(paths.butane_file(unit.name)), *(str(unit.files_dir / r) for r in unit.refs)],
+            "targets": [str(paths.ign_file(unit.name))],
+            "uptodate": [config_changed(backend)],
+            "clean": True,
+        }

@@ -1,0 +1,148 @@
+"""`doit vm` / `doit rm_vm` / `doit rm_ha`: the cluster's VMs on libvirt.
+
+Each node's Ignition is uploaded into the cluster's storage pool and handed to QEMU through
+fw_cfg (`opt/org.flatcar-linux/config`). A VM records what it was made from in its libvirt
+metadata, so a re-run compares real state, not a stamp: an unchanged node is left alone, a
+changed one stops the run with the command that re-creates it (`doit recreate=<node> vm:<node>`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from tasks.config import fingerprint
+from tasks.errors import PipelineError
+from tasks.stages.base import Context, action, context, recreate_requested
+
+
+@action
+def create_vm(ctx: Context, node_name: str) -> None:
+    """Define and start the node's VM; leave it alone when it already runs from the same inputs."""
+    from tasks.libvirt.domain import DomainSpec, define_and_start, domain_state, remove_domain, start
+    from tasks.libvirt.nodes import check_not_changed, delete_node_volumes, ensure_overlay
+    from tasks.libvirt.storage import upload_volume
+    from tasks.libvirt.virsh import host_info
+    from tasks.plan.hosts import ignition_volume, node_inputs, overlay_volume
+
+    c, paths = ctx.cluster, ctx.paths
+    node = ctx.node(node_name)
+    host = ctx.host(node)
+    image = ctx.image
+    inputs = node_inputs(c, paths, node, image.sha256)
+    keep = frozenset({overlay_volume(inputs), ignition_volume(inputs)})
+    if check_not_changed(node, inputs, recreate_requested(node.name)):
+        print(f"re-creating {node.vm_name}: its inputs changed and recreate was asked for", file=sys.stderr)
+        remove_domain(host.uri, node.vm_name)
+        delete_node_volumes(host, node.name, keep)
+    current = domain_state(host.uri, node.vm_name)
+    if current is not None:
+        if not current.running:
+            start(host.uri, node.vm_name)
+        return
+    info = host_info(host.uri)
+    # With <sysinfo type='fwcfg'> libvirt gives QEMU's user access for the VM's lifetime, so the
+    # copy stays 0600; the command-line fallback needs group read for QEMU's group instead.
+    ignition = upload_volume(
+        host.uri, host.pool, ignition_volume(inputs), paths.ign_file(node.name),
+        mode="0600" if info.fwcfg_sysinfo else "0640",
+        group=None if info.fwcfg_sysinfo else info.qemu_gid,
+    )
+    disk = ensure_overlay(host, node, inputs, image.sha256)
+    network = None if node.vm.libvirt_network == "none" else node.vm.libvirt_network
+    spec = DomainSpec(
+        name=node.vm_name,
+        description=f"flatcar-ha cluster {c.name}: {node.role} {node.name} ({node.ip})",
+        domain_type=info.domain_type,
+        memory_mib=node.vm.memory_mib,
+        vcpus=node.vm.vcpus,
+        disk_path=disk,
+        ignition_path=ignition,
+        network=network,
+        mac=node.mac,
+        graphics=node.vm.graphics,
+        inputs=inputs,
+        fwcfg_sysinfo=info.fwcfg_sysinfo,
+    )
+    define_and_start(host.uri, spec)
+    # Disks of earlier inputs that no VM uses any more (an interrupted re-creation).
+    delete_node_volumes(host, node.name, keep)
+
+
+def vm_is_current(node_name: str) -> bool:
+    """Real state for doit: the VM runs and was made from the node's current inputs."""
+    from tasks.libvirt.domain import domain_state
+    from tasks.plan.hosts import node_inputs
+
+    ctx = context()
+    node = ctx.node(node_name)
+    try:
+        inputs = node_inputs(ctx.cluster, ctx.paths, node, ctx.image.sha256)
+        current = domain_state(node.vm.libvirt_uri, node.vm_name)
+    except PipelineError:
+        return False
+    return current is not None and current.running and current.inputs == inputs
+
+
+@action
+def remove_vm(ctx: Context, node_name: str) -> None:
+    """Destroy and undefine the node's VM and delete its disks and Ignition copies, if any."""
+    from tasks.libvirt.domain import remove_domain
+    from tasks.libvirt.nodes import delete_node_volumes
+    from tasks.libvirt.storage import activate_pool
+
+    node = ctx.node(node_name)
+    host = ctx.host(node)
+    remove_domain(host.uri, node.vm_name)
+    if activate_pool(host.uri, host.pool):
+        delete_node_volumes(host, node.name)
+
+
+@action
+def remove_cluster(ctx: Context) -> None:
+    """After the per-node removals: VMs of nodes no longer in the config, then each pool."""
+    from tasks.libvirt.domain import cluster_domains, remove_domain
+    from tasks.libvirt.storage import remove_pool
+
+    for host in ctx.hosts.values():
+        for name in cluster_domains(host.uri, ctx.cluster.name):
+            remove_domain(host.uri, name)
+        remove_pool(host.uri, host.pool)
+
+
+def task_vm() -> Iterator[dict[str, Any]]:
+    """Create and start each node's VM with its Ignition (doit recreate=<node> to replace one)."""
+    from doit.tools import config_changed
+
+    ctx = context()
+    manifest = str(ctx.paths.image_manifest)
+    for node in ctx.cluster.nodes:
+        yield {
+            "name": node.name,
+            "doc": f"VM {node.vm_name} on {node.vm.libvirt_uri}",
+            "actions": [(create_vm, [node.name])],
+            "file_dep": [manifest, str(ctx.paths.ign_file(node.name))],
+            "task_dep": [f"overlay:{node.name}"],
+            "uptodate": [config_changed(fingerprint(node)), (vm_is_current, [node.name], {})],
+        }
+
+
+def task_rm_vm() -> Iterator[dict[str, Any]]:
+    """Remove each node's VM, disk and Ignition copy (missing ones are fine)."""
+    for node in context().cluster.nodes:
+        yield {
+            "name": node.name,
+            "doc": f"destroy and undefine {node.vm_name}, delete its volumes",
+            "actions": [(remove_vm, [node.name])],
+            "uptodate": [False],
+        }
+
+
+def task_rm_ha() -> dict[str, Any]:
+    """Remove every VM of the cluster, its disks, Ignition copies and storage pools."""
+    return {
+        "actions": [remove_cluster],
+        "task_dep": ["rm_vm"],
+        "uptodate": [False],
+    }
