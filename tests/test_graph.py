@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from day2_support import build_root, doit, write_config
 
-from tasks.report.graph import CONFIG_NODE, task_graph_of, to_dot
+from tasks.report.graph import CONFIG_NODE, graph_of_tasks, to_dot
 from tasks.stages.graph import load_task_infos
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -72,7 +72,7 @@ def creators() -> dict[str, Any]:
 def test_graph_edges_follow_doit_dependencies() -> None:
     infos = load_task_infos(creators())
     assert {i.name for i in infos} == {"make", "use", "use:a", "use:b", "final"}
-    graph = task_graph_of(infos)
+    graph = graph_of_tasks(infos)
     edges = {(src, dst, style) for src, dst, style, _ in graph.edges}
     assert edges == {
         (CONFIG_NODE, "make", "dashed"),

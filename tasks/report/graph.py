@@ -31,7 +31,7 @@ class Graph:
     edges: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
-def task_graph_of(infos: Iterable[TaskInfo]) -> Graph:
+def graph_of_tasks(infos: Iterable[TaskInfo]) -> Graph:
     graph = Graph(list(infos))
     producers = {target: t.name for t in graph.tasks for target in t.targets}
     for t in graph.tasks:

@@ -39,11 +39,11 @@ def load_task_infos(namespace: dict[str, Any]) -> list[TaskInfo]:
 @action
 def write_graph(ctx: Context, namespace: Mapping[str, Any]) -> None:
     from tasks.fsutil import PUBLIC_FILE, write_if_changed
-    from tasks.report.graph import render, task_graph_of, to_dot
+    from tasks.report.graph import render, graph_of_tasks, to_dot
 
     c, root = ctx.cluster, ctx.paths.root
     dot_file, outputs = root / "graph.dot", [root / "graph.svg", root / "graph.png"]
-    graph = task_graph_of(load_task_infos(dict(namespace)))
+    graph = graph_of_tasks(load_task_infos(dict(namespace)))
     text = to_dot(graph, f"flatcar-ha tasks of cluster {c.name} ({c.source})")
     # The task set changes only with the code or config: skip dot when nothing did.
     if write_if_changed(dot_file, text, PUBLIC_FILE) or not all(p.exists() for p in outputs):
