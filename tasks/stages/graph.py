@@ -39,7 +39,7 @@ def load_task_infos(namespace: dict[str, Any]) -> list[TaskInfo]:
 @action
 def write_graph(ctx: Context, namespace: Mapping[str, Any]) -> None:
     from tasks.fsutil import PUBLIC_FILE, write_if_changed
-    from tasks.report.graph import render, graph_of_tasks, to_dot
+    from tasks.report.graph import graph_of_tasks, render, to_dot
 
     c, root = ctx.cluster, ctx.paths.root
     dot_file, outputs = root / "graph.dot", [root / "graph.svg", root / "graph.png"]
