@@ -1,1 +1,20 @@
-"""flatcar-ha: config.yaml -> PKI -> Butane -> Ignition -> libvirt VMs, as doit tasks."""
+"""flatcar-ha: config.yaml -> PKI -> Butane -> Ignition -> libvirt VMs, as doit tasks.
+
+Code map (data flows config -> plan -> stages -> files; the README has the long version):
+
+    errors, paths, run, fsutil, facts, yamlutil   shared basics: exceptions, every path, the one
+                                                  subprocess wrapper, safe file writes, fixed facts
+    config/    the cluster config: frozen model, settings, reading YAML with its lines, validation
+    pki/       cluster CAs, SA key, token, admin.conf: crypto, the set on disk, the admin kubeconfig
+    butane/    the built-in Butane -> Ignition translator (flatcar variant)
+    plan/      what to build from a config: Butane layers and their contexts, templates, kubeadm
+               documents, secret fragments, translation units, hosts and VM inputs, prune plans
+    flatcar/   the Flatcar image: downloads, gpg verification, the verified image cache
+    libvirt/   virsh, domain XML, storage pools and volumes, preflight, what a hypervisor holds
+    kube/      the cluster's API from the host (verified sessions, readiness), kubeconfig merges
+    report/    what `show`, `status` and `graph` print
+    stages/    every doit task creator (task_*) and its actions; only dodo.py imports a stage
+
+Libraries (everything but stages/) never import a stage or doit; tests/test_architecture.py
+keeps it so.
+"""

@@ -14,7 +14,8 @@ from day2_support import build_root, doit, write_config
 
 from tasks.kube.kubeconfig import admin_entries, kubeconfig_target, merge_into
 from tasks.kube.merge import Entries, KubeconfigError, merge_text
-from tasks.pki import generate_pki, write_admin_conf
+from tasks.pki.kubeconfig import write_admin_conf
+from tasks.pki.store import generate_pki
 
 # Another tool's kubeconfig, as people keep them: comments, odd indentation, flow style.
 KIND_CLUSTER = """\

@@ -15,17 +15,11 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import PkiError
-from tasks.pki import (
-    PKI_FILES,
-    discovery_hash,
-    generate_pki,
-    issue_certificate,
-    node_files,
-    read_secret,
-    write_admin_conf,
-)
-from tasks.pki.kubeconfig import admin_conf_credentials, read_admin_conf
+from tasks.pki import PKI_FILES, issue_certificate, node_files, read_secret
+from tasks.pki.crypto import discovery_hash
+from tasks.pki.kubeconfig import admin_conf_credentials, read_admin_conf, write_admin_conf
 from tasks.pki.layout import DERIVED_FILES, PRIMARY_FILES
+from tasks.pki.store import generate_pki
 
 VIP = "192.168.122.30"  # data only: nothing connects to it
 SERVER = f"https://{VIP}:6444"

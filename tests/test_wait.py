@@ -18,8 +18,10 @@ from day2_support import ROOT, build_root, doit, write_config
 
 from tasks.errors import VerificationError
 from tasks.kube.api import NotReadyError, Progress, api_target, node_readiness, wait_until_ready
-from tasks.pki import generate_pki, issue_certificate, write_admin_conf
+from tasks.pki import issue_certificate
 from tasks.pki.crypto import create_ca, sign_certificate
+from tasks.pki.kubeconfig import write_admin_conf
+from tasks.pki.store import generate_pki
 
 NODES = ["cp1", "w1"]
 

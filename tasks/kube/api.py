@@ -1,8 +1,8 @@
-"""`doit wait`: poll the API server through the VIP until it and every configured node are ready.
+"""The cluster's API as the host sees it: verified sessions, one poll, waiting until ready.
 
 The server is verified against the cluster CA (build/<name>/pki/ca.crt), never skipped; the
 client authenticates with admin.conf's certificate, written to a 0600 file in a 0700 temporary
-folder for the duration of the wait. A certificate the CA did not sign, or a client certificate
+folder for the duration of a session. A certificate the CA did not sign, or a client certificate
 the server rejects, fails at once: waiting longer cannot fix either.
 """
 

@@ -1,11 +1,11 @@
-"""`doit kubeconfig`: the cluster's admin credentials as context <name> in the user's kubeconfig.
+"""The cluster's admin credentials merged into a user's kubeconfig as context <name>.
 
-Where it goes: `--out FILE` if given; else, like `kubectl config` itself, the $KUBECONFIG
+Where they go: `--out FILE` if given; else, like `kubectl config` itself, the $KUBECONFIG
 file that already defines context <name>, else the first one that exists, else the last
 one listed; without $KUBECONFIG, ~/.kube/config. The target is always merged into, never
-replaced: other clusters, users and contexts keep their text, a changed file is backed up
-first (FILE.<time>.bak, 0600), and the result is 0600. current-context is set only when the
-file has none, or with `--use`.
+replaced: other clusters, users and contexts keep their text (tasks/kube/merge.py), a changed
+file is backed up first (FILE.<time>.bak, 0600), and the result is 0600. current-context is set
+only when the file has none, or when asked.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""`doit prune`: remove what the cluster keeps for nodes that are no longer in config.yaml.
-
-Deleting a node from config.yaml changes nothing by itself (`doit ha` only creates). `doit prune`
-lists this cluster's VMs, disks, Ignition copies and build files that no configured node owns, and
-`doit prune --yes` removes exactly that list. Both exit 0: the listing is a dry run that worked, so
-scripts may call it freely; only `--yes` deletes. Nothing is drained: the listing prints the
-kubectl commands to run first while the node is still up.
+"""What a cluster really has on its hypervisors: its domains (by ownership), and which hypervisors
+its URIs reach (merged by identity, so one host behind two URIs is scanned once).
 
 Ownership comes from the metadata the VM stage writes into each domain, never from a name alone:
-a domain named `<cluster>-x` that flatcar-ha did not make for this cluster is left alone.
+a domain named `<cluster>-x` that flatcar-ha did not make for this cluster is foreign.
 """
 
 from __future__ import annotations

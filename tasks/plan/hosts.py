@@ -1,4 +1,5 @@
-"""What the VM stage derives from the config: hypervisors, per-node inputs, volume names, flags."""
+"""The cluster's hypervisors and what each node's VM is made from: inputs, volume names, the
+message when a node changed."""
 
 from __future__ import annotations
 

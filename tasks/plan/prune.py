@@ -1,13 +1,9 @@
-"""`doit prune`: remove what the cluster keeps for nodes that are no longer in config.yaml.
+"""What `doit prune` would remove: the VMs, disks, Ignition copies and build files of nodes that
+are no longer in config.yaml, the drain advice to follow first, and the removal itself.
 
-Deleting a node from config.yaml changes nothing by itself (`doit ha` only creates). `doit prune`
-lists this cluster's VMs, disks, Ignition copies and build files that no configured node owns, and
-`doit prune --yes` removes exactly that list. Both exit 0: the listing is a dry run that worked, so
-scripts may call it freely; only `--yes` deletes. Nothing is drained: the listing prints the
-kubectl commands to run first while the node is still up.
-
-Ownership comes from the metadata the VM stage writes into each domain, never from a name alone:
-a domain named `<cluster>-x` that flatcar-ha did not make for this cluster is left alone.
+Deleting a node from config.yaml changes nothing by itself (`doit ha` only creates). Nothing is
+drained here: the listing prints the kubectl commands to run while the node is still up.
+Ownership comes from the domains' metadata (tasks/libvirt/inventory.py), never from a name alone.
 """
 
 from __future__ import annotations

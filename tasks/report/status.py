@@ -1,12 +1,11 @@
-"""`doit status`: one table of the cluster's nodes as they really are, not as doit remembers them.
+"""`doit status`'s table: the cluster's nodes as they really are, not as doit remembers them.
 
 Per node: the VM's state from libvirt, its address, its hypervisor, whether the VM was made from
 the node's current Ignition (the sha256 the VM stage records in the domain's metadata), and its
 Kubernetes Ready condition when the API answers. The API is asked once, briefly, through the VIP
 and verified against the cluster CA exactly as `doit wait` does. VMs of this cluster that no
-configured node owns (a node removed from config.yaml) are listed below the table. Status only
-reads: it never starts, builds or removes anything, and an unreachable hypervisor is a row, not a
-failure.
+configured node owns (a node removed from config.yaml) are listed below the table. Only reads:
+nothing is started, built or removed, and an unreachable hypervisor is a row, not a failure.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def make_pki(ctx: Context) -> dict[str, Any]:
 
 @action
 def rotate_pki(ctx: Context) -> None:
-    from tasks.pki import server_url, write_admin_conf
+    from tasks.pki import server_url
+    from tasks.pki.kubeconfig import write_admin_conf
     from tasks.pki.store import rotate_pki as rotate
 
     c, paths = ctx.cluster, ctx.paths
