@@ -1,4 +1,18 @@
-"""The cluster config: model (frozen dataclasses), reading with YAML lines, validation."""
+"""The cluster config: each setting declared once, read with YAML lines, validated at load.
+
+model.py       the frozen dataclasses; each field declares its setting (key, type, default, bounds, help)
+settings.py    declarations -> reading: allowed keys, required and empty keys, defaults, sections
+kinds.py       how each shape of value is read: text, number, address, list, mapping with fixed keys
+checks.py      the per-value validators and normalizers declarations name
+rules.py       what relates settings (by hand): inheritance, derived values, paths, cross-field checks
+reader.py      typed reading that collects Problems with YAML path, line and "did you mean"
+yamlsource.py  YAML with lines, and the remembered parse
+load.py        parse_config and load_config
+
+A new setting: one field in model.py, e.g. `timeout_s: int = setting(30, minimum=1, help="...")`
+(a validator: a function in checks.py named in `check=`), plus its line in config.yaml and its key
+in the README's configuration table (tests/test_config_settings.py fails until both are there).
+"""
 
 from tasks.config.load import load_config, parse_config
 from tasks.config.model import (

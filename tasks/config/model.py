@@ -1,4 +1,9 @@
-"""The validated cluster as frozen dataclasses: what every stage and library reads, never raw YAML."""
+"""The validated cluster as frozen dataclasses: what every stage and library reads, never raw YAML.
+
+Each field is a setting, declared once (settings.py explains how): its name is the YAML key,
+its annotation the type, and `setting(...)` holds the default, bounds, pattern, validators and
+help. The few fields that are no setting are `derived(...)`: rules.py computes them.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +12,64 @@ import functools
 import hashlib
 import ipaddress
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tasks.config.checks import (
+    absolute_path,
+    fingerprint_text,
+    lower,
+    no_trailing_slash,
+    not_apiserver_port,
+    openssh_public_key,
+    strip,
+)
+from tasks.config.settings import derived, section, setting
+from tasks.facts import KEY_ALGORITHMS
 
 CONTROL_PLANE = "control-plane"
 WORKER = "worker"
 ROLES = (CONTROL_PLANE, WORKER)
 
 DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+RFC1123 = "a lower-case RFC 1123 name: a-z, 0-9 and '-'"
 K8S_VERSION = r"v\d+\.\d+\.\d+"
-FLATCAR_VERSION = r"current|\d+\.\d+\.\d+"
-SEMVER_TAG = r"v\d+\.\d+\.\d+"
+K8S_EXPECT = "a version such as v1.31.3"
 # kubeadm's metav1.Duration: Go duration text, or 0 for "never expires".
 GO_DURATION = r"0|(\d+h)?(\d+m)?(\d+s)?"
-MAC = r"[0-9a-f]{2}(:[0-9a-f]{2}){5}"
-SHA256 = r"[0-9a-f]{64}"
-LIBVIRT_URI = r"[a-z0-9+]+://[^\s]*"
-CHANNELS = ("stable", "beta", "alpha", "lts")
-BUTANE_BACKENDS = ("native", "binary", "container")
-GRAPHICS = ("vnc", "spice", "none")
+URL = r"(https?|file)://\S+"
+NAME = r"[A-Za-z0-9_.-]+"
 LAYER_ROLES = ("all", CONTROL_PLANE, WORKER)
 # The remote artifacts a node downloads at first boot: a sha256 may be pinned for each.
 REMOTE_ARTIFACTS = (
     "kubernetes", "crio", "cilium_cli", "kubernetes_sysupdate", "crio_sysupdate", "noop_sysupdate",
 )
 
-DEFAULT_FINGERPRINT = "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"
+
+def pinned_image(default: str, *, help: str) -> Any:
+    """A container image setting: a pinned tag or digest, never :latest (nothing auto-updates)."""
+    return setting(default, pattern=r"\S+:(?!latest$)[\w.-]+|\S+@sha256:[0-9a-f]{64}",
+                   expect="an image with a pinned tag or digest (not :latest)", help=help)
 
 
-@dataclass(frozen=True)
+@section
 class VmSpec:
-    memory_mib: int
-    vcpus: int
-    disk_gib: int
-    libvirt_uri: str
-    libvirt_network: str
-    image_dir: str
-    graphics: str
-    os_variant: str
+    memory_mib: int = setting(4096, minimum=256, help="memory of each VM, in MiB")
+    vcpus: int = setting(4, minimum=1, help="virtual CPUs of each VM")
+    disk_gib: int = setting(20, minimum=1, help="virtual size of each node's disk (Flatcar grows into it)")
+    libvirt_uri: str = setting(
+        "qemu:///system", pattern=r"[a-z0-9+]+://[^\s]*",
+        expect="a libvirt URI such as qemu:///system or qemu+ssh://host/system",
+        help="the hypervisor: qemu:///system, or qemu+ssh://host/system for another one",
+    )
+    libvirt_network: str = setting("default", pattern=NAME, expect="a libvirt network name",
+                                   help="the libvirt network the nodes are attached to")
+    image_dir: str = setting("/var/lib/libvirt/images/flatcar", check=(absolute_path,),
+                             help="where the node disks live, on the hypervisor")
+    graphics: str = setting("vnc", choices=("vnc", "spice", "none"),
+                            help="the VM console: vnc or spice (on 127.0.0.1 only), or none")
+    os_variant: str = setting("generic", pattern=NAME, expect="an osinfo name such as generic",
+                              help="virt-install's --os-variant")
 
     @property
     def is_remote(self) -> bool:
@@ -54,42 +78,64 @@ class VmSpec:
         return "+" in self.libvirt_uri.split("://", 1)[0] or host not in ("", "localhost")
 
 
-@dataclass(frozen=True)
+@section
 class Node:
-    name: str
-    role: str
-    ip: ipaddress.IPv4Address
-    mac: str
-    vm_name: str
-    vm: VmSpec
+    name: str = setting("", required=True, pattern=DNS_LABEL, expect=RFC1123 + ", at most 63 characters",
+                        help="hostname and Kubernetes node name")
+    role: str = setting(WORKER, required=True, choices=ROLES, help="control-plane or worker")
+    ip: ipaddress.IPv4Address = setting("0.0.0.0", required=True, help="static address, inside network.vip/prefix")
+    mac: str = setting("", normalize=lower, pattern=r"[0-9a-f]{2}(:[0-9a-f]{2}){5}",
+                       expect="a MAC address like 52:54:00:12:34:56",
+                       help="the VM's MAC; default: derived from the cluster and node name")
+    vm_name: str = derived(default="", help="the libvirt domain: <cluster>-<node>")
+    vm: VmSpec = setting(help="per-node overrides of any vm key")
 
     @property
     def is_control_plane(self) -> bool:
         return self.role == CONTROL_PLANE
 
 
-@dataclass(frozen=True)
+@section
 class Network:
-    vip: ipaddress.IPv4Address
-    prefix: int
-    gateway: ipaddress.IPv4Address
-    dns: tuple[ipaddress.IPv4Address, ...]
-    apiserver_port: int
-    interface: str
+    vip: ipaddress.IPv4Address = setting("192.168.122.30", required=True,
+                                         help="virtual IP held by keepalived; the cluster endpoint")
+    prefix: int = setting(24, minimum=8, maximum=30, help="subnet length; nodes, VIP and gateway must lie in it")
+    gateway: ipaddress.IPv4Address = setting("192.168.122.1", required=True, help="the nodes' default gateway")
+    dns: tuple[ipaddress.IPv4Address, ...] = setting(
+        single=True, default_from=lambda network: (network["gateway"],), help="name servers; default: the gateway",
+    )
+    apiserver_port: int = setting(6444, minimum=1, maximum=65535, check=(not_apiserver_port,),
+                                  help="haproxy's port on every control plane (kube-apiserver keeps 6443)")
+    interface: str = setting("eth0", pattern=r"[A-Za-z0-9_.-]{1,15}",
+                             expect="a Linux interface name (at most 15 characters)",
+                             help="the nodes' interface name (keepalived binds it)")
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(f"{self.vip}/{self.prefix}", strict=False)
 
 
-@dataclass(frozen=True)
+@section
 class Flatcar:
-    channel: str
-    version: str
-    base_url: str
-    signing_key_url: str
-    signing_key_fingerprint: str
-    cache_dir: Path
+    channel: str = setting("stable", choices=("stable", "beta", "alpha", "lts"), help="the release channel")
+    version: str = setting("current", pattern=r"current|\d+\.\d+\.\d+",
+                           expect="'current' or a release such as 4081.2.0",
+                           help="`current` (resolved once, then kept) or a release like 4081.2.0")
+    base_url: str = setting(
+        "https://{channel}.release.flatcar-linux.net/amd64-usr", pattern=URL, expect="an http(s):// or file:// URL",
+        help="the folder holding <version>/flatcar_production_qemu_image.img(.sig); {channel} is substituted",
+    )
+    signing_key_url: str = setting(
+        "https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc",
+        pattern=URL + r"|/\S+", expect="an http(s):// or file:// URL, or an absolute path",
+        help="where the image signing key is fetched from",
+    )
+    signing_key_fingerprint: str = setting(
+        "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A", normalize=fingerprint_text, pattern=r"[0-9A-F]{40}",
+        expect="the key's full fingerprint: 40 hexadecimal digits",
+        help="the primary key fingerprint the image signature must come from, whatever the URL serves",
+    )
+    cache_dir: Path = setting("cache", help="verified images, shared by every cluster (relative to the repository)")
 
     @property
     def channel_url(self) -> str:
@@ -97,22 +143,35 @@ class Flatcar:
         return self.base_url.replace("{channel}", self.channel).rstrip("/")
 
 
-@dataclass(frozen=True)
+@section
 class Kubernetes:
-    version: str
-    crio_version: str
-    cilium_cli_version: str
-    cilium_version: str
-    pod_subnet: ipaddress.IPv4Network
-    service_subnet: ipaddress.IPv4Network
-    token_ttl: str
-    ca_validity_days: int
-    key_algorithm: str
-    sysext_base_url: str
-    official_sysexts: tuple[str, ...]
-    sha256: tuple[tuple[str, str], ...]
-    # How long `doit wait` waits for the API and every node to be Ready (--timeout overrides).
-    wait_timeout_s: int = 900
+    version: str = setting("v1.31.3", pattern=K8S_VERSION, expect=K8S_EXPECT,
+                           help="the Kubernetes sysext (kubeadm, kubelet, kubectl)")
+    crio_version: str = setting("v1.31.3", pattern=K8S_VERSION, expect=K8S_EXPECT,
+                                help="the CRI-O sysext")
+    cilium_cli_version: str = setting("v0.16.24", pattern=r"v\d+\.\d+\.\d+", expect="a tag such as v0.16.24",
+                                      help="the Cilium CLI release")
+    cilium_version: str = setting("1.16.6", pattern=r"\d+\.\d+\.\d+", expect="a version such as 1.16.6",
+                                  help="the Cilium release the CLI installs")
+    pod_subnet: ipaddress.IPv4Network = setting("10.244.0.0/16", help="the pods' addresses")
+    service_subnet: ipaddress.IPv4Network = setting("10.96.0.0/12", help="the services' addresses")
+    token_ttl: str = setting("720h", pattern=GO_DURATION,
+                             expect="a duration such as 24h, 720h or 1h30m, or 0 for never",
+                             help="how long the bootstrap token baked into every node's Ignition stays valid")
+    ca_validity_days: int = setting(3650, minimum=365, maximum=36500, help="lifetime of the cluster CAs")
+    key_algorithm: str = setting("rsa-2048", choices=KEY_ALGORITHMS, help="the key type of the CAs and admin.conf")
+    sysext_base_url: str = setting(
+        "https://extensions.flatcar.org/extensions", normalize=no_trailing_slash, pattern=r"https?://\S+",
+        expect="an http(s):// URL", help="where the nodes fetch sysexts (Flatcar sysext-bakery layout)",
+    )
+    official_sysexts: tuple[str, ...] = setting(("zfs", "podman"), pattern=r"[a-z0-9_-]+", expect="an extension name",
+                                                help="Flatcar's own extensions to enable")
+    sha256: tuple[tuple[str, str], ...] = setting(
+        (), keys=REMOTE_ARTIFACTS, normalize=lower, pattern=r"[0-9a-f]{64}", expect="64 hexadecimal digits",
+        help="optional sha256 of each remote artifact; when set, Ignition verifies the download",
+    )
+    wait_timeout_s: int = setting(900, minimum=10, maximum=86400,
+                                  help="how long `doit wait` waits for the API and every node to be Ready")
 
     @property
     def minor(self) -> str:
@@ -123,38 +182,45 @@ class Kubernetes:
         return dict(self.sha256).get(artifact)
 
 
-@dataclass(frozen=True)
+@section
 class Butane:
-    backend: str
-    container_image: str
-    extra_layers: tuple[tuple[str, tuple[Path, ...]], ...]
+    backend: str = setting("native", choices=("native", "binary", "container"),
+                           help="native (built in), binary (butane on PATH) or container")
+    container_image: str = pinned_image("quay.io/coreos/butane:v0.25.1", help="the Butane image for backend: container")
+    extra_layers: tuple[tuple[str, tuple[Path, ...]], ...] = setting(
+        (), keys=LAYER_ROLES, help="your own Butane files per role (all, control-plane, worker), relative to this file",
+    )
 
     def layers_for(self, role: str) -> tuple[Path, ...]:
         layers = dict(self.extra_layers)
         return layers.get("all", ()) + layers.get(role, ())
 
 
-@dataclass(frozen=True)
+@section
 class LoadBalancer:
     """The container images of the control planes' VIP holder and API load balancer."""
 
-    keepalived_image: str
-    haproxy_image: str
+    keepalived_image: str = pinned_image("docker.io/osixia/keepalived:2.0.20", help="keepalived, which holds the VIP")
+    haproxy_image: str = pinned_image("docker.io/library/haproxy:2.8.10-alpine",
+                                      help="haproxy, which spreads the API over the control planes")
 
 
-@dataclass(frozen=True)
+@section
 class Cluster:
-    name: str
-    nodes: tuple[Node, ...]
-    network: Network
-    flatcar: Flatcar
-    kubernetes: Kubernetes
-    vm: VmSpec
-    butane: Butane
-    ssh_authorized_keys: tuple[str, ...]
-    source: Path
-    build_dir: Path
-    load_balancer: LoadBalancer
+    name: str = setting("ha", required=True, pattern=DNS_LABEL, expect=RFC1123,
+                        help="the cluster's name: it prefixes every VM name and keys build/<name>/")
+    nodes: tuple[Node, ...] = setting((), required=True, help="the machines; the first control plane runs kubeadm init")
+    network: Network = setting(required=True, help="the nodes' subnet: vip, prefix, gateway, dns")
+    flatcar: Flatcar = setting(help="the Flatcar image: channel, version, where from, how it is verified")
+    kubernetes: Kubernetes = setting(help="versions, subnets, token and CA lifetimes, sysexts")
+    vm: VmSpec = setting(help="defaults for every node's VM (override per node under nodes[].vm)")
+    butane: Butane = setting(help="how Butane is translated, and your own layers")
+    load_balancer: LoadBalancer = setting(help="the pinned keepalived and haproxy images")
+    ssh_authorized_keys: tuple[str, ...] = setting((), normalize=strip, check=(openssh_public_key,),
+                                                   help="SSH public keys for the core user on every node")
+    allow_even_control_planes: bool = setting(False, help="accept an even number of control planes (etcd quorum)")
+    build_dir: Path = setting("build", help="everything generated goes to <build_dir>/<name>/ (relative: to the repo)")
+    source: Path = derived(help="the config file")
 
     # Derived once per Cluster: stages ask these for every node, so each answer is O(1) after the first.
     @functools.cached_property
@@ -201,4 +267,3 @@ def stable_mac(cluster: str, node: str) -> str:
     """A MAC in QEMU's 52:54:00 range that stays the same for the same cluster and node."""
     digest = hashlib.sha256(f"{cluster}/{node}".encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-

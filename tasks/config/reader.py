@@ -38,6 +38,10 @@ class Reader:
     def problem(self, path: str, message: str) -> None:
         self.problems.append(Problem(path or "<top>", self.located.line(path), message))
 
+    def clean(self, path: str) -> bool:
+        """True while no problem is recorded at path (a rule need not repeat what was said)."""
+        return all(p.path != path for p in self.problems)
+
     def mapping(self, path: str, value: Any, allowed: Iterable[str]) -> dict[str, Any]:
         """Return value as a dict, reporting a wrong type and every unknown key."""
         if value is None:

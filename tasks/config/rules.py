@@ -1,0 +1,131 @@
+"""What no single declaration can say: rules that relate settings to each other, by hand.
+
+Everything about one value (type, range, pattern, choices, required, empty, per-value
+validators) is declared in model.py and checked by settings.py. Here: per-node vm keys over the
+top-level vm, values derived from others (a node's MAC and VM name, build/<name>/), paths
+resolved against the repository or the config's folder, and the checks across fields (subnets,
+duplicates, the number of control planes). A rule skips a value that already has a problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from pathlib import Path
+
+from tasks.config.model import CONTROL_PLANE, Cluster, Kubernetes, Network, Node, VmSpec, stable_mac
+from tasks.config.reader import Reader
+from tasks.config.settings import read_section, read_setting
+from tasks.config.yamlsource import join
+from tasks.paths import PROJECT_ROOT
+
+UNSET_IP = ipaddress.IPv4Address(0)  # what a node's missing or bad ip reads as
+
+
+def read_cluster(r: Reader, data: dict[str, object], source: Path) -> Cluster:
+    """The cluster in data (a mapping), with every problem recorded in r."""
+    # nodes[].vm overrides the top-level vm key by key: read that first and hand it down.
+    vm = read_setting(r, Cluster, "vm", "", data)
+    c = read_section(r, Cluster, "", data, given={"vm": vm, "source": source}, inherit={VmSpec: vm})
+    _check_network(r, c.network)
+    _check_nodes(r, c)
+    _check_kubernetes(r, c.kubernetes, c.nodes)
+    return dataclasses.replace(
+        c,
+        nodes=tuple(
+            dataclasses.replace(n, mac=n.mac or stable_mac(c.name, n.name), vm_name=f"{c.name}-{n.name}")
+            for n in c.nodes
+        ),
+        flatcar=dataclasses.replace(c.flatcar, cache_dir=_resolve(PROJECT_ROOT, c.flatcar.cache_dir)),
+        butane=dataclasses.replace(c.butane, extra_layers=_find_layers(r, c.butane.extra_layers, source.parent)),
+        build_dir=_resolve(PROJECT_ROOT, c.build_dir) / c.name,
+    )
+
+
+def _resolve(base: Path, value: str | Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _find_layers(r: Reader, layers: tuple[tuple[str, tuple[Path, ...]], ...], config_dir: Path
+                 ) -> tuple[tuple[str, tuple[Path, ...]], ...]:
+    """Each user layer relative to the config's folder, and there."""
+    found = []
+    for role, entries in layers:
+        paths = []
+        for i, text in enumerate(entries):
+            resolved = _resolve(config_dir, text)
+            if text and not resolved.is_file():
+                r.problem(join(join("butane.extra_layers", role), i),
+                          f"Butane layer {str(text)!r} not found (looked at {resolved})")
+            paths.append(resolved)
+        found.append((role, tuple(paths)))
+    return tuple(found)
+
+
+def _check_network(r: Reader, network: Network) -> None:
+    subnet, vip, gateway = network.subnet, network.vip, network.gateway
+    if gateway not in subnet:
+        r.problem("network.gateway", f"{gateway} is outside the cluster subnet {subnet}")
+    if vip == gateway:
+        r.problem("network.vip", f"{vip} is also the gateway")
+    if vip in (subnet.network_address, subnet.broadcast_address):
+        r.problem("network.vip", f"{vip} is the network or broadcast address of {subnet}")
+
+
+def _check_nodes(r: Reader, c: Cluster) -> None:
+    network, subnet = c.network, c.network.subnet
+    seen_names: dict[str, str] = {}
+    seen_ips: dict[ipaddress.IPv4Address, str] = {}
+    seen_macs: dict[str, str] = {}
+    for i, node in enumerate(c.nodes):
+        path = join("nodes", i)
+        if node.name and node.name in seen_names:
+            r.problem(join(path, "name"), f"duplicate node name '{node.name}' (also {seen_names[node.name]})")
+        seen_names.setdefault(node.name, path)
+        if node.ip == UNSET_IP:
+            continue
+        at = join(path, "ip")
+        if node.ip in seen_ips:
+            r.problem(at, f"duplicate IP {node.ip} (also {seen_ips[node.ip]})")
+        seen_ips.setdefault(node.ip, path)
+        if node.ip not in subnet:
+            r.problem(at, f"{node.ip} is outside the cluster subnet {subnet} (network.vip/prefix)")
+        elif node.ip in (subnet.network_address, subnet.broadcast_address):
+            r.problem(at, f"{node.ip} is the network or broadcast address of {subnet}")
+        if node.ip == network.vip:
+            r.problem(at, f"{node.ip} is the VIP (network.vip); give the node its own address")
+        if node.ip == network.gateway:
+            r.problem(at, f"{node.ip} is the gateway (network.gateway)")
+        if node.mac:
+            if node.mac in seen_macs:
+                r.problem(join(path, "mac"), f"duplicate MAC {node.mac} (also {seen_macs[node.mac]})")
+            seen_macs.setdefault(node.mac, path)
+    _check_control_planes(r, c.nodes, c.allow_even_control_planes)
+
+
+def _check_control_planes(r: Reader, nodes: tuple[Node, ...], allow_even: bool) -> None:
+    entries = [join("nodes", i) for i in range(len(nodes))]
+    if not all(r.clean(entry) and r.clean(join(entry, "role")) for entry in entries):
+        return  # a node whose role is unknown cannot be counted
+    control_planes = sum(1 for n in nodes if n.role == CONTROL_PLANE)
+    if not nodes:
+        if r.clean("nodes"):  # absent, empty or not a list is reported already
+            r.problem("nodes", "no nodes: list at least one control-plane node")
+    elif control_planes == 0:
+        r.problem("nodes", "no node has role 'control-plane': a cluster needs at least one")
+    elif control_planes % 2 == 0 and not allow_even:
+        r.problem(
+            "nodes",
+            f"{control_planes} control planes: etcd needs an odd number for quorum "
+            "(an even number tolerates no more failures than one fewer); "
+            "use 1, 3 or 5, or set allow_even_control_planes: true",
+        )
+
+
+def _check_kubernetes(r: Reader, k8s: Kubernetes, nodes: tuple[Node, ...]) -> None:
+    if k8s.pod_subnet.overlaps(k8s.service_subnet):
+        r.problem("kubernetes.service_subnet", f"{k8s.service_subnet} overlaps the pod subnet {k8s.pod_subnet}")
+    for i, node in enumerate(nodes):
+        if node.ip in k8s.pod_subnet or node.ip in k8s.service_subnet:
+            r.problem(join(join("nodes", i), "ip"), f"{node.ip} lies inside the pod or service subnet")
