@@ -4,7 +4,8 @@ Code map (data flows config -> plan -> stages -> files; the README has the long 
 
     errors, paths, run, fsutil, facts, yamlutil   shared basics: exceptions, every path, the one
                                                   subprocess wrapper, safe file writes, fixed facts
-    config/    the cluster config: frozen model, settings, reading YAML with its lines, validation
+    config/    the cluster config: frozen model whose fields declare each setting once, reading
+               YAML with its lines, validation (rules across settings in rules.py)
     pki/       cluster CAs, SA key, token, admin.conf: crypto, the set on disk, the admin kubeconfig
     butane/    the built-in Butane -> Ignition translator (flatcar variant)
     plan/      what to build from a config: Butane layers and their contexts, templates, kubeadm
