@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from libvirt_fixture import (  # noqa: E402
+from support.libvirtd import (  # noqa: E402
     IMAGES_ROOT,
     LOCAL,
     cluster_yaml,

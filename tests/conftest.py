@@ -7,8 +7,8 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
-from libvirt_fixture import Libvirt, libvirt_daemons
-from test_image_support import keys_fixture, site_fixture
+from support.libvirtd import Libvirt, libvirt_daemons
+from support.site import keys_fixture, site_fixture
 
 # Shared fixtures are registered here, once: a session fixture imported into several test
 # modules would be set up once per module (two libvirtd instances, two signing keyrings).

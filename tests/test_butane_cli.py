@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from butane_support import VECTORS, run_cli
+from support.butane_vectors import VECTORS, run_cli
 
 from tasks.butane import (
     ButaneTranslateError,

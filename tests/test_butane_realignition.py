@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from butane_support import inside, valid_vectors
-from ignition_compare import decode_data_url
-from realignition import IgnitionFailed, apply_ignition, available
+from support.butane_vectors import inside, valid_vectors
+from support.ignition import decode_data_url
+from support.realignition import IgnitionFailed, apply_ignition, available
 
 from tasks.butane import translate_file, translate_text
 

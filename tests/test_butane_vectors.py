@@ -1,7 +1,7 @@
 """Conformance: the native translator against the real Butane v0.25.1 vectors.
 
 Valid vectors must match expected.ign under the README's comparison rule (tests/
-ignition_compare.py), via the API and via scripts/butane, pretty and compact; with the
+support/ignition.py), via the API and via scripts/butane, pretty and compact; with the
 data URLs spliced in from Butane's output they must even be byte-identical. Error vectors
 must fail with empty stdout and name the same JSON path as Butane did.
 """
@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from butane_support import (
+from support.butane_vectors import (
     error_vectors,
     inside,
     load_schema,
@@ -22,7 +22,7 @@ from butane_support import (
     uses_files_dir,
     valid_vectors,
 )
-from ignition_compare import differences
+from support.ignition import differences
 
 from tasks.butane import ButaneTranslateError, dump_ignition, translate_file
 from tasks.errors import TranslateError

@@ -32,8 +32,7 @@ def run_pytest(folder: Path, ci: str) -> subprocess.CompletedProcess[str]:
 
 def test_skip_fails_under_ci_and_passes_elsewhere(tmp_path: Path) -> None:
     shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
-    for helper in ("libvirt_fixture.py", "test_image_support.py"):  # conftest imports them
-        shutil.copy(TESTS / helper, tmp_path / helper)
+    shutil.copytree(TESTS / "support", tmp_path / "support")  # conftest imports it
     (tmp_path / "test_sample.py").write_text(SKIPPING)
     in_ci = run_pytest(tmp_path, "true")
     assert in_ci.returncode == 1, in_ci.stdout + in_ci.stderr

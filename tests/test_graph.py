@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from day2_support import build_root, doit, write_config
+from support.configs import build_root, doit, write_config
 
 from tasks.report.graph import CONFIG_NODE, graph_of_tasks, to_dot
 from tasks.stages.graph import load_task_infos

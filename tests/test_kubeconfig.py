@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from day2_support import build_root, doit, write_config
+from support.configs import build_root, doit, write_config
 
 from tasks.kube.kubeconfig import admin_entries, kubeconfig_target, merge_into
 from tasks.kube.merge import Entries, KubeconfigError, merge_text

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import test_vm
 import yaml
-from day2_support import write_config
-from libvirt_fixture import Libvirt, run_doit, virsh
+from support.configs import write_config
+from support.libvirtd import Libvirt, run_doit, virsh
 from test_vm import MakeCluster, VmCluster, assert_node_runs_its_ignition
 
 from tasks.config import load_config

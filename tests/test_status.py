@@ -13,7 +13,7 @@ from pathlib import Path
 
 import test_vm
 import test_wait
-from libvirt_fixture import virsh
+from support.libvirtd import virsh
 from test_scaling import add_node, define_foreign_domain, drop_node, table
 from test_vm import MakeCluster
 from test_wait import ServerFactory, node

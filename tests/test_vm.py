@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from libvirt_fixture import (
+from support.libvirtd import (
     IMAGES_ROOT,
     LOCAL,
     Libvirt,
@@ -26,7 +26,7 @@ from libvirt_fixture import (
     unique_name,
     virsh,
 )
-from test_image_support import ROOT, VERSION, Keys, Site, write_key
+from support.site import ROOT, VERSION, Keys, Site, write_key
 
 from tasks.config import Cluster, parse_config
 from tasks.libvirt.domain import FWCFG_NAME, VmInputs, disk_file, fwcfg_file

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from day2_support import ROOT, build_root, doit, write_config
+from support.configs import ROOT, build_root, doit, write_config
 
 from tasks.errors import VerificationError
 from tasks.kube.api import NotReadyError, Progress, api_target, node_readiness, wait_until_ready

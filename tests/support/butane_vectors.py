@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-VECTORS = Path(__file__).resolve().parent / "butane_vectors"
-SCHEMAS = Path(__file__).resolve().parent / "data" / "ignition-spec"
-BUTANE = ROOT / "scripts" / "butane"
+TESTS = Path(__file__).resolve().parent.parent
+VECTORS = TESTS / "butane_vectors"
+SCHEMAS = TESTS / "data" / "ignition-spec"
+BUTANE = TESTS.parent / "scripts" / "butane"
 
 
 def valid_vectors() -> list[Path]:

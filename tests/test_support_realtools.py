@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from realtools import (
+from support.realtools import (
     check_haproxy,
     check_keepalived,
     check_networkd,

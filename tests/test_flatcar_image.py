@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_image_support import (  # noqa: F401  (keys and site are fixtures)
+from support.site import (  # noqa: F401  (keys and site are fixtures)
     FAST,
     IMAGE,
     IMAGE_DATA,

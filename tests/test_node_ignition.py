@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from realignition import apply_ignition, available
-from realtools import check_haproxy, check_keepalived, check_networkd, quadlet_dryrun, verify_units
+from support.realignition import apply_ignition, available
+from support.realtools import check_haproxy, check_keepalived, check_networkd, quadlet_dryrun, verify_units
 
 from tasks.config import Cluster, Node, load_config
 from tasks.paths import PROJECT_ROOT, Build

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_image_support import FAST, IMAGE_DATA, Site
+from support.site import FAST, IMAGE_DATA, Site
 
 from tasks.errors import DownloadError
 from tasks.flatcar.download import NotFoundError, _progress, download_file, fetch_bytes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gnupg
 import pytest
-from test_image_support import IMAGE_DATA, Keys, agent_running
+from support.site import IMAGE_DATA, Keys, agent_running
 
 from tasks.errors import VerificationError
 from tasks.flatcar.gpg import check_key_usable, gpg_home, import_pinned_key, verify_detached

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_image_support import (  # noqa: F401  (keys and site are fixtures)
+from support.site import (  # noqa: F401  (keys and site are fixtures)
     IMAGE,
     IMAGE_DATA,
     VERSION,

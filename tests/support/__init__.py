@@ -1,0 +1,1 @@
+"""Helpers shared by the tests; fixtures that use them are defined in tests/conftest.py."""
