@@ -28,17 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from support.libvirtd import (  # noqa: E402
-    IMAGES_ROOT,
-    LOCAL,
-    cluster_yaml,
-    libvirt_daemons,
-    run_doit,
-    sweep,
-    tiny_qcow2,
-    unique_name,
-    virsh,
-)
+from support.libvirtd import LOCAL, libvirt_daemons, virsh  # noqa: E402
+from support.pipeline import run_doit  # noqa: E402
+from support.vm_clusters import IMAGES_ROOT, sweep, tiny_qcow2, unique_name, write_vm_config  # noqa: E402
 
 VERSION = "9999.0.0"
 IMAGE = "flatcar_production_qemu_image.img"
@@ -55,7 +47,7 @@ def gpg(home: Path, *args: str) -> bytes:
 
 
 def doit(config: Path, *args: str) -> None:
-    result = run_doit(config, *args)
+    result = run_doit(config, *args, merged=True, timeout=600)
     if result.returncode != 0:
         raise SystemExit(f"doit {' '.join(args)} failed:\n{result.stdout}")
 
@@ -85,10 +77,8 @@ def main() -> None:
                 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
                 threading.Thread(target=server.serve_forever, daemon=True).start()
                 base_url = f"http://127.0.0.1:{server.server_address[1]}/amd64-usr"
-                config = tmp / "bench.yaml"
-                text = cluster_yaml(name, tmp, nodes=5, image_dir=image_dir, uri=LOCAL, base_url=base_url,
-                                    key=tmp / "key.asc", pin=fpr, version=VERSION)
-                config.write_text(text)
+                config = write_vm_config(tmp, name, nodes=5, image_dir=image_dir, uri=LOCAL, base_url=base_url,
+                                         key=tmp / "key.asc", pin=fpr, version=VERSION)
                 doit(config, "new_cluster", "pool")
                 times: dict[str, list[float]] = {"serial (-n 1)": [], "parallel (-n 5 -P thread)": []}
                 for _ in range(args.rounds):

@@ -1,26 +1,118 @@
-"""Suite-wide policy: under CI=true a test that skips for a missing real program fails."""
+"""Every fixture of the suite, and its policy: under CI=true a test that skips for a missing program fails.
+
+The helpers behind the fixtures live in tests/support/ (see its __init__). Session fixtures are
+registered here, once: a session fixture imported into several test modules would be set up once
+per module (two libvirtd instances, two signing keyrings).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support.configs import cluster_nodes, write_config
+from support.fake_api import ServerFactory, tls_api_servers
+from support.gpg_keys import Keys, gpg_missing, throwaway_keys
 from support.libvirtd import Libvirt, libvirt_daemons
-from support.site import keys_fixture, site_fixture
+from support.pipeline import build_ignition, run_tasks
+from support.pki import Pki, apiserver_pki, make_pki
+from support.realignition import AppliedCluster, apply_cluster_ignition, available
+from support.site import Site, serve_site
+from support.vm_clusters import MakeCluster, vm_clusters
+from tasks.config import load_config
+from tasks.paths import Build
 
-# Shared fixtures are registered here, once: a session fixture imported into several test
-# modules would be set up once per module (two libvirtd instances, two signing keyrings).
-__all__ = ["keys_fixture", "site_fixture", "libvirt_fixture"]
+# --- real daemons and servers --------------------------------------------------------------------
 
 
-@pytest.fixture(name="libvirt", scope="session")
-def libvirt_fixture() -> Generator[Libvirt, None, None]:
+@pytest.fixture(scope="session")
+def libvirt() -> Iterator[Libvirt]:
     """libvirtd + virtlogd for the whole run: started only if absent, then stopped by PID."""
     with libvirt_daemons() as lv:
         yield lv
 
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    """Throwaway signing keys (good, other, expired, revoked), made once for the run."""
+    missing = gpg_missing()
+    if missing:
+        pytest.skip(missing)
+    with throwaway_keys(tmp_path_factory.mktemp("signer")) as made:
+        yield made
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    """A Flatcar release server on 127.0.0.1, empty until a test publishes a release."""
+    with serve_site() as served:
+        yield served
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, site: Site, keys: Keys, libvirt: Libvirt) -> Iterator[MakeCluster]:
+    """A factory of tiny VM clusters on the test libvirtd; whatever they leave is swept."""
+    with vm_clusters(tmp_path, site, keys) as make:
+        yield make
+
+
+@pytest.fixture
+def tls_api() -> Iterator[ServerFactory]:
+    """A starter of fake Kubernetes API servers (HTTPS, mutual TLS) on 127.0.0.1."""
+    with tls_api_servers() as start:
+        yield start
+
+
+# --- built clusters and PKIs ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_pki(tmp_path: Path) -> Pki:
+    """The project's PKI with admin.conf and an API server certificate for 127.0.0.1."""
+    return apiserver_pki(tmp_path / "cluster")
+
+
+@pytest.fixture(scope="module")
+def pki_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A PKI (and its admin.conf beside it) per key algorithm, made once per module."""
+    root = tmp_path_factory.mktemp("pki")
+    return {alg: make_pki(root / alg, key_algorithm=alg, validity_days=3650, cluster_name="test")
+            for alg in ("rsa-2048", "ecdsa-p256")}
+
+
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Build]:
+    """The repository's config.yaml (3 + 2) built by `doit new_cluster`, once per module."""
+    config = write_config(tmp_path_factory.mktemp("default"), base="project")
+    executed, _, _ = run_tasks(config, "new_cluster")
+    c = load_config(config)
+    assert {f"translate:{n.name}" for n in c.nodes} <= executed
+    return config, Build(c.build_dir)
+
+
+# (control planes, workers); None, None: config.yaml's own nodes (the default cluster, 3 + 2).
+APPLIED_SIZES = [(1, 0), (None, None), (5, 20)]
+
+
+@pytest.fixture(scope="module", params=APPLIED_SIZES, ids=["1cp-0w", "default-3cp-2w", "5cp-20w"])
+def applied_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AppliedCluster:
+    """`doit new_cluster` of each size, every node's Ignition applied by the real Ignition."""
+    if not available():
+        pytest.skip("Ignition not found: apt-get install ignition")
+    control_planes, workers = request.param
+    work = tmp_path_factory.mktemp("cluster")
+    nodes = {} if control_planes is None else {"nodes": cluster_nodes(control_planes, workers)}
+    built = build_ignition(write_config(work, base="project", **nodes))
+    expected = (3, 2) if control_planes is None else (control_planes, workers)
+    assert (len(built.cluster.control_planes), len(built.cluster.workers)) == expected
+    return apply_cluster_ignition(built, work / "roots")
+
+
+# --- policy --------------------------------------------------------------------------------------
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

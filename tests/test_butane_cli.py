@@ -9,8 +9,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from support.butane_vectors import VECTORS, run_cli
 
+from support.butane_vectors import VECTORS, run_cli
 from tasks.butane import (
     ButaneTranslateError,
     Report,

@@ -11,8 +11,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.ignition import decode_data_url
 
+from support.ignition import decode_data_url
 from tasks.butane import translate_text
 from tasks.butane.dataurl import make_data_url, percent_encode
 

@@ -7,47 +7,25 @@ configs are checked on disk. Skips only when the Ignition binary is absent (CI f
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.butane_vectors import inside, valid_vectors
-from support.ignition import decode_data_url
-from support.realignition import IgnitionFailed, apply_ignition, available
 
+from support.butane_vectors import inside, valid_vectors
+from support.ignition import effective_configs, resource_bytes
+from support.realignition import IgnitionFailed, apply_ignition, available
 from tasks.butane import translate_file, translate_text
 
 pytestmark = pytest.mark.skipif(not available(), reason="Debian package ignition not installed")
 
 
-def _resource_bytes(res: dict[str, Any]) -> bytes:
-    source = res.get("source", "")
-    if not source.startswith("data:"):
-        return b""  # realignition replaces remote sources with "data:,"
-    data = decode_data_url(source)
-    return gzip.decompress(data) if res.get("compression") == "gzip" else data
-
-
-def _effective_configs(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """config plus its embedded children, as Ignition sees them (replace wins outright)."""
-    cfg = config.get("ignition", {}).get("config", {})
-    if "replace" in cfg and cfg["replace"].get("source", "").startswith("data:"):
-        return _effective_configs(json.loads(_resource_bytes(cfg["replace"])))
-    found = [config]
-    for res in cfg.get("merge", []):
-        if res.get("source", "").startswith("data:"):
-            found += _effective_configs(json.loads(_resource_bytes(res)))
-    return found
-
-
 def check_applied(config: dict[str, Any], root: Path) -> int:
     """Assert that what config declares is on disk under root; returns the number of checks."""
     checks = 0
-    configs = _effective_configs(config)
+    configs = effective_configs(config)
     path_count: dict[str, int] = {}
     for cfg in configs:
         for kind in ("files", "directories", "links"):
@@ -60,8 +38,8 @@ def check_applied(config: dict[str, Any], root: Path) -> int:
             assert target.is_file(), file["path"]
             assert stat.S_IMODE(target.stat().st_mode) == file.get("mode", 0o644), file["path"]
             if path_count[file["path"]] == 1:  # merged overrides are Ignition's business
-                want = _resource_bytes(file.get("contents", {})) + b"".join(
-                    _resource_bytes(res) for res in file.get("append", [])
+                want = resource_bytes(file.get("contents", {})) + b"".join(
+                    resource_bytes(res) for res in file.get("append", [])
                 )
                 if "contents" in file or file.get("append"):
                     assert target.read_bytes() == want, file["path"]

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from support.butane_vectors import (
     error_vectors,
     inside,
@@ -23,7 +24,6 @@ from support.butane_vectors import (
     valid_vectors,
 )
 from support.ignition import differences
-
 from tasks.butane import ButaneTranslateError, dump_ignition, translate_file
 from tasks.errors import TranslateError
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,12 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
+from support.configs import PROJECT_CONFIG
+from support.pipeline import run_doit
 from tasks.config import CONTROL_PLANE, load_config, parse_config, stable_mac
 from tasks.errors import ConfigError
+from tasks.paths import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-DOIT = [sys.executable, "-m", "doit"]
-DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
+DEFAULT = yaml.safe_load(PROJECT_CONFIG.read_text())
 
 Edit = Callable[[dict[str, Any]], object]
 
@@ -158,7 +157,7 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_line_numbers_point_at_the_bad_value(tmp_path: Path) -> None:
-    text = (ROOT / "config.yaml").read_text().replace("ip: 192.168.122.34", "ip: 192.168.122.3400")
+    text = PROJECT_CONFIG.read_text().replace("ip: 192.168.122.34", "ip: 192.168.122.3400")
     expected_line = next(i for i, line in enumerate(text.splitlines(), 1) if "192.168.122.3400" in line)
     with pytest.raises(ConfigError) as info:
         parse_config(text, tmp_path / "c.yaml")
@@ -191,7 +190,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_default_config_is_the_articles_cluster() -> None:
-    cluster = load_config(ROOT / "config.yaml")
+    cluster = load_config(PROJECT_CONFIG)
     assert cluster.name == "ha"
     assert [(n.name, n.role, str(n.ip)) for n in cluster.nodes] == [
         ("node1-cp", "control-plane", "192.168.122.31"),
@@ -220,15 +219,10 @@ def test_per_node_override_and_even_allowed(tmp_path: Path) -> None:
     assert cluster.nodes[1].vm.memory_mib == 4096
 
 
-def run_doit(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([*DOIT, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
-
-
 def test_doit_reports_bad_config_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(edited(set_path("vm", "vcpus", value=0)).replace("build_dir: build", f"build_dir: {tmp_path}/b"))
-    proc = run_doit(["-f", str(ROOT / "dodo.py"), f"config={bad}", "show"], cwd=tmp_path)
+    proc = run_doit(bad, "show", cwd=tmp_path)
     assert proc.returncode != 0
     assert "vm.vcpus" in proc.stderr and "at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -238,16 +232,16 @@ def test_doit_reports_bad_config_without_traceback(tmp_path: Path) -> None:
 def test_show_from_a_subdirectory_with_relative_config(tmp_path: Path) -> None:
     other = tmp_path / "other.yaml"
     other.write_text(edited(set_path("name", value="other")).replace("build_dir: build", f"build_dir: {tmp_path}/b"))
-    sub = ROOT / "tasks"
+    sub = PROJECT_ROOT / "tasks"
     rel = os.path.relpath(other, sub)
-    proc = run_doit(["-k", f"config={rel}", "show"], cwd=sub)
+    proc = run_doit(None, "-k", f"config={rel}", "show", cwd=sub, dodo=False)
     assert proc.returncode == 0, proc.stderr
     assert "cluster other" in proc.stdout
     assert "other-node4-worker" in proc.stdout
 
 
 def test_doit_list_shows_documented_tasks() -> None:
-    proc = run_doit(["list"], cwd=ROOT)
+    proc = run_doit(None, "list", cwd=PROJECT_ROOT, dodo=False)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert any(line.startswith("show ") for line in lines)
@@ -259,7 +253,7 @@ def test_doit_list_shows_documented_tasks() -> None:
 def test_parsed_yaml_is_remembered_and_gives_the_same_cluster(tmp_path: Path) -> None:
     from tasks.config.yamlsource import CACHE_ENTRIES
 
-    text = (ROOT / "config.yaml").read_text()
+    text = PROJECT_CONFIG.read_text()
     cache = tmp_path / "yaml-cache"
     fresh = parse_config(text, tmp_path / "c.yaml")
     first = parse_config(text, tmp_path / "c.yaml", cache)

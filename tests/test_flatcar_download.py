@@ -9,8 +9,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from support.site import FAST, IMAGE_DATA, Site
 
+from support.site import FAST, IMAGE_DATA, Site
 from tasks.errors import DownloadError
 from tasks.flatcar.download import NotFoundError, _progress, download_file, fetch_bytes
 

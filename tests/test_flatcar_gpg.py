@@ -7,8 +7,9 @@ from pathlib import Path
 
 import gnupg
 import pytest
-from support.site import IMAGE_DATA, Keys, agent_running
 
+from support.gpg_keys import Keys, agent_running
+from support.site import IMAGE_DATA
 from tasks.errors import VerificationError
 from tasks.flatcar.gpg import check_key_usable, gpg_home, import_pinned_key, verify_detached
 

@@ -9,19 +9,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from support.site import (  # noqa: F401  (keys and site are fixtures)
-    FAST,
-    IMAGE,
-    IMAGE_DATA,
-    ROOT,
-    VERSION,
-    Keys,
-    Site,
-    agent_running,
-    make_cluster,
-    write_key,
-)
 
+from support.gpg_keys import Keys, agent_running, write_key
+from support.site import CHANNEL_ROOT, FAST, IMAGE, IMAGE_DATA, VERSION, Site, image_cluster
 from tasks.config import Cluster
 from tasks.errors import DownloadError, PipelineError, VerificationError
 from tasks.flatcar.image import (
@@ -39,7 +29,7 @@ def good_cluster(tmp_path: Path, site: Site, keys: Keys, name: str = "t1", versi
                  ) -> Cluster:
     site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA))
     key = write_key(tmp_path, keys, keys.good)
-    return make_cluster(tmp_path, site.url, pin=keys.good, key=str(key), name=name, version=version)
+    return image_cluster(tmp_path, site.url, pin=keys.good, key=str(key), name=name, version=version)
 
 
 def assert_nothing_unverified(c: Cluster, version: str = VERSION) -> None:
@@ -84,7 +74,7 @@ def test_current_stays_resolved_when_the_channel_moves_on(tmp_path: Path, site: 
 
 def test_pinned_version_downloads_that_release(tmp_path: Path, site: Site, keys: Keys) -> None:
     site.publish("3975.2.2", IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA), current=False)
-    c = make_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)),
+    c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)),
                      version="3975.2.2")
     assert resolved_version(c) == "3975.2.2"
     assert ensure_image(c, FAST).path == cached_image(c.flatcar, "3975.2.2")
@@ -93,7 +83,7 @@ def test_pinned_version_downloads_that_release(tmp_path: Path, site: Site, keys:
 
 def test_two_clusters_share_the_cache(tmp_path: Path, site: Site, keys: Keys) -> None:
     first = good_cluster(tmp_path, site, keys, name="one")
-    second = make_cluster(tmp_path, site.url, pin=keys.good, key=str(tmp_path / "key.asc"), name="two")
+    second = image_cluster(tmp_path, site.url, pin=keys.good, key=str(tmp_path / "key.asc"), name="two")
     ensure_image(first, FAST)
     site.behaviour.requests.clear()
     manifest = ensure_image(second, FAST)
@@ -106,7 +96,7 @@ def test_tampered_image_is_deleted(tmp_path: Path, site: Site, keys: Keys) -> No
     c = good_cluster(tmp_path, site, keys)
     tampered = bytearray(IMAGE_DATA)
     tampered[1000] ^= 1
-    site.behaviour.files[f"{ROOT}/{VERSION}/{IMAGE}"] = bytes(tampered)
+    site.behaviour.files[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = bytes(tampered)
     with pytest.raises(VerificationError, match="BAD signature") as err:
         ensure_image(c, FAST)
     assert "nothing was placed at" in str(err.value)
@@ -117,7 +107,7 @@ def test_tampered_image_is_deleted(tmp_path: Path, site: Site, keys: Keys) -> No
 
 def test_signature_by_another_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
     site.publish(VERSION, IMAGE_DATA, keys.sign(keys.other, IMAGE_DATA))
-    c = make_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
+    c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
     with pytest.raises(VerificationError, match="key other than the pinned one"):
         ensure_image(c, FAST)
     assert_nothing_unverified(c)
@@ -128,7 +118,7 @@ def test_key_url_serving_another_key_than_the_pin_fails_before_download(
 ) -> None:
     # The key file holds the genuine signer, but the config pins another fingerprint.
     site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA))
-    c = make_cluster(tmp_path, site.url, pin=keys.other, key=str(write_key(tmp_path, keys, keys.good)))
+    c = image_cluster(tmp_path, site.url, pin=keys.other, key=str(write_key(tmp_path, keys, keys.good)))
     with pytest.raises(VerificationError, match=f"not the pinned key: it holds {keys.good}.*is {keys.other}"):
         ensure_image(c, FAST)
     assert site.image_requests() == []
@@ -137,7 +127,7 @@ def test_key_url_serving_another_key_than_the_pin_fails_before_download(
 
 def test_expired_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
     site.publish(VERSION, IMAGE_DATA, keys.sign(keys.expired, IMAGE_DATA, faked_time=keys.past + 3600))
-    c = make_cluster(tmp_path, site.url, pin=keys.expired, key=str(write_key(tmp_path, keys, keys.expired)))
+    c = image_cluster(tmp_path, site.url, pin=keys.expired, key=str(write_key(tmp_path, keys, keys.expired)))
     with pytest.raises(VerificationError, match=f"pinned signing key {keys.expired} has expired"):
         ensure_image(c, FAST)
     assert site.image_requests() == []
@@ -146,7 +136,7 @@ def test_expired_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
 
 def test_revoked_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
     site.publish(VERSION, IMAGE_DATA, keys.revoked_signature)
-    c = make_cluster(tmp_path, site.url, pin=keys.revoked, key=str(write_key(tmp_path, keys, keys.revoked)))
+    c = image_cluster(tmp_path, site.url, pin=keys.revoked, key=str(write_key(tmp_path, keys, keys.revoked)))
     with pytest.raises(VerificationError, match="has been revoked"):
         ensure_image(c, FAST)
     assert_nothing_unverified(c)
@@ -154,8 +144,8 @@ def test_revoked_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
 
 def test_missing_signature_fails_before_download(tmp_path: Path, site: Site, keys: Keys) -> None:
     site.publish(VERSION, IMAGE_DATA, None)
-    c = make_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
-    missing = rf"{site.url}{ROOT}/{VERSION}/{IMAGE}\.sig: not found \(HTTP 404\)"
+    c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
+    missing = rf"{site.url}{CHANNEL_ROOT}/{VERSION}/{IMAGE}\.sig: not found \(HTTP 404\)"
     with pytest.raises(DownloadError, match=missing):
         ensure_image(c, FAST)
     assert site.image_requests() == []
@@ -165,7 +155,7 @@ def test_missing_signature_fails_before_download(tmp_path: Path, site: Site, key
 def test_wrong_channel_names_the_url_tried(tmp_path: Path, site: Site, keys: Keys) -> None:
     good_cluster(tmp_path, site, keys)
     # The server only has /amd64-usr; a base_url with {channel} for beta gives a 404.
-    c = make_cluster(tmp_path, site.url, pin=keys.good, key=str(tmp_path / "key.asc"), channel="beta",
+    c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(tmp_path / "key.asc"), channel="beta",
                      base_url=site.url + "/{channel}/amd64-usr")
     with pytest.raises(DownloadError) as err:
         ensure_image(c, FAST)
@@ -187,7 +177,7 @@ def test_pinned_version_missing_is_a_404(tmp_path: Path, site: Site, keys: Keys)
 def test_server_error_then_success_is_retried(tmp_path: Path, site: Site, keys: Keys,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     c = good_cluster(tmp_path, site, keys)
-    site.behaviour.fail_first[f"{ROOT}/{VERSION}/{IMAGE}"] = [500, 503]
+    site.behaviour.fail_first[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [500, 503]
     ensure_image(c, FAST)
     assert cached_image(c.flatcar, VERSION).read_bytes() == IMAGE_DATA
     assert len(site.image_requests()) == 3
@@ -196,7 +186,7 @@ def test_server_error_then_success_is_retried(tmp_path: Path, site: Site, keys: 
 
 def test_persistent_server_error_gives_up(tmp_path: Path, site: Site, keys: Keys) -> None:
     c = good_cluster(tmp_path, site, keys)
-    site.behaviour.fail_first[f"{ROOT}/{VERSION}/{IMAGE}"] = [500] * 10
+    site.behaviour.fail_first[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [500] * 10
     with pytest.raises(DownloadError, match=r"failed after 3 attempt\(s\): HTTP 500"):
         ensure_image(c, FAST)
     assert len(site.image_requests()) == FAST.attempts
@@ -205,7 +195,7 @@ def test_persistent_server_error_gives_up(tmp_path: Path, site: Site, keys: Keys
 
 def test_dropped_connection_resumes_with_range(tmp_path: Path, site: Site, keys: Keys) -> None:
     c = good_cluster(tmp_path, site, keys)
-    site.behaviour.drop_after[f"{ROOT}/{VERSION}/{IMAGE}"] = [1_000_000, 500_000]
+    site.behaviour.drop_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [1_000_000, 500_000]
     ensure_image(c, FAST)
     assert cached_image(c.flatcar, VERSION).read_bytes() == IMAGE_DATA
     ranges = [r for _, r in site.image_requests()]
@@ -219,7 +209,7 @@ def test_server_without_range_support_restarts_cleanly(
 ) -> None:
     c = good_cluster(tmp_path, site, keys)
     site.behaviour.range_support = False
-    site.behaviour.drop_after[f"{ROOT}/{VERSION}/{IMAGE}"] = [1_500_000]
+    site.behaviour.drop_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [1_500_000]
     ensure_image(c, FAST)
     assert cached_image(c.flatcar, VERSION).read_bytes() == IMAGE_DATA
     assert "ignored the range request" in capsys.readouterr().err
@@ -228,7 +218,7 @@ def test_server_without_range_support_restarts_cleanly(
 def test_slow_server_hits_the_read_timeout(tmp_path: Path, site: Site, keys: Keys) -> None:
     c = good_cluster(tmp_path, site, keys)
     # Some bytes, then silence; then silence from the first byte: no progress, so it gives up.
-    site.behaviour.stall_after[f"{ROOT}/{VERSION}/{IMAGE}"] = [200_000] + [0] * FAST.attempts
+    site.behaviour.stall_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [200_000] + [0] * FAST.attempts
     with pytest.raises(DownloadError, match=r"no data for 0\.3 s \(read timeout\)") as err:
         ensure_image(c, FAST)
     assert "the download resumes" in str(err.value)
@@ -243,7 +233,7 @@ def test_slow_server_hits_the_read_timeout(tmp_path: Path, site: Site, keys: Key
 
 def test_interrupted_run_is_resumed_by_the_next(tmp_path: Path, site: Site, keys: Keys) -> None:
     c = good_cluster(tmp_path, site, keys)
-    site.behaviour.drop_after[f"{ROOT}/{VERSION}/{IMAGE}"] = [700_000] * FAST.attempts
+    site.behaviour.drop_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [700_000] * FAST.attempts
     # Every try is cut at byte 700000 of what it asks: progress, so it is never given up...
     ensure_image(c, FAST)
     assert cached_image(c.flatcar, VERSION).read_bytes() == IMAGE_DATA
@@ -256,7 +246,7 @@ def test_stale_partial_file_from_another_release_gets_one_fresh_download(
     c = good_cluster(tmp_path, site, keys)
     vdir = version_dir(c.flatcar, VERSION)
     vdir.mkdir(parents=True)
-    url = f"{site.url}{ROOT}/{VERSION}/{IMAGE}"
+    url = f"{site.url}{CHANNEL_ROOT}/{VERSION}/{IMAGE}"
     (vdir / f"{IMAGE}.part").write_bytes(b"\0" * 100_000)
     (vdir / f"{IMAGE}.part.meta").write_text(json.dumps({"url": url, "validator": ""}))
     ensure_image(c, FAST)
@@ -298,7 +288,7 @@ def test_other_pin_sharing_the_cache_reverifies_without_download(
     first = good_cluster(tmp_path, site, keys, name="one")
     ensure_image(first, FAST)
     key_other = write_key(tmp_path, keys, keys.other, "other.asc")
-    second = make_cluster(tmp_path, site.url, pin=keys.other, key=str(key_other), name="two")
+    second = image_cluster(tmp_path, site.url, pin=keys.other, key=str(key_other), name="two")
     site.behaviour.requests.clear()
     with pytest.raises(VerificationError, match=f"not by the pinned key {keys.other}"):
         ensure_image(second, FAST)
@@ -316,7 +306,7 @@ def test_file_mirror_and_local_key(tmp_path: Path, keys: Keys) -> None:
     (mirror / VERSION / f"{IMAGE}.sig").write_bytes(keys.sign(keys.good, IMAGE_DATA))
     (mirror / "current" / "version.txt").write_text(f"FLATCAR_VERSION={VERSION}\n")
     key = write_key(tmp_path, keys, keys.good)
-    c = make_cluster(tmp_path, "", pin=keys.good, key=f"file://{key}",
+    c = image_cluster(tmp_path, "", pin=keys.good, key=f"file://{key}",
                      base_url=f"file://{tmp_path}/mirror/{{channel}}")
     assert ensure_image(c, FAST).path.read_bytes() == IMAGE_DATA
 

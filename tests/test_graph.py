@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.configs import build_root, doit, write_config
 
+from support.configs import build_root, small_nodes, write_config
+from support.pipeline import run_doit
 from tasks.report.graph import CONFIG_NODE, graph_of_tasks, to_dot
 from tasks.stages.graph import load_task_infos
 
@@ -27,13 +28,13 @@ def svg_nodes(path: Path) -> set[str]:
 def test_doit_graph_draws_every_task_of_the_config(tmp_path: Path) -> None:
     if shutil.which("dot") is None:
         pytest.skip("Graphviz dot is not installed (apt-get install graphviz)")
-    config = write_config(tmp_path, workers=("w1", "w2"))
-    listed = doit(config, "list", "--all", "--quiet")
+    config = write_config(tmp_path, nodes=small_nodes(workers=("w1", "w2")))
+    listed = run_doit(config, "list", "--all", "--quiet")
     assert listed.returncode == 0, listed.stderr
     tasks = set(listed.stdout.split())
     assert {"graph", "kubeconfig", "wait", "show"} <= tasks
 
-    drawn = doit(config, "graph")
+    drawn = run_doit(config, "graph")
     assert drawn.returncode == 0, drawn.stdout + drawn.stderr
     root = build_root(tmp_path)
     svg, png = root / "graph.svg", root / "graph.png"
@@ -44,7 +45,7 @@ def test_doit_graph_draws_every_task_of_the_config(tmp_path: Path) -> None:
 
     # Unchanged tasks: the same drawing, and dot is not run again.
     before = svg.read_bytes()
-    again = doit(config, "graph")
+    again = run_doit(config, "graph")
     assert again.returncode == 0 and "+ dot" not in again.stderr
     assert svg.read_bytes() == before
 

@@ -4,41 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from support.site import (  # noqa: F401  (keys and site are fixtures)
-    IMAGE,
-    IMAGE_DATA,
-    VERSION,
-    Keys,
-    Site,
-    agent_running,
-    make_cluster,
-    write_key,
-)
-
+from support.gpg_keys import Keys, agent_running, write_key
+from support.pipeline import run_doit
+from support.site import IMAGE, IMAGE_DATA, VERSION, Site, image_cluster
 from tasks.flatcar.image import image_manifest_path
-from tasks.paths import PROJECT_ROOT
 
-DOIT = [sys.executable, "-m", "doit", "-f", str(PROJECT_ROOT / "dodo.py")]
-
-
-def doit(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CI": "true"}
-    # doit prints task failures on stdout and our messages go to stderr: read them as one log.
-    return subprocess.run([*DOIT, *args, f"config={config}"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env, cwd=config.parent, timeout=120,
-                          check=False)
-
+# merged=True: doit prints task failures on stdout and our messages go to stderr: read them as one log.
 
 def test_doit_image_downloads_once(tmp_path: Path, site: Site, keys: Keys) -> None:
     site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA))
-    c = make_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
+    c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
 
-    first = doit(c.source, "image")
+    first = run_doit(c.source, "image", merged=True)
     assert first.returncode == 0, first.stdout
     assert ".  image" in first.stdout
     manifest = json.loads(image_manifest_path(c.build_dir).read_text())
@@ -49,7 +28,7 @@ def test_doit_image_downloads_once(tmp_path: Path, site: Site, keys: Keys) -> No
     assert "\r" not in first.stdout  # no progress bar outside a terminal
 
     site.behaviour.requests.clear()
-    second = doit(c.source, "image")
+    second = run_doit(c.source, "image", merged=True)
     assert second.returncode == 0, second.stdout
     assert "-- image" in second.stdout  # doit's mark for an up-to-date task
     assert site.behaviour.requests == []
@@ -58,8 +37,8 @@ def test_doit_image_downloads_once(tmp_path: Path, site: Site, keys: Keys) -> No
 def test_doit_image_failure_is_a_clean_message(tmp_path: Path, site: Site, keys: Keys) -> None:
     tampered = IMAGE_DATA[:-1] + b"\0"
     site.publish(VERSION, tampered, keys.sign(keys.good, IMAGE_DATA))
-    c = make_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
-    result = doit(c.source, "image")
+    c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
+    result = run_doit(c.source, "image", merged=True)
     assert result.returncode == 1
     assert "BAD signature" in result.stdout and "nothing was placed at" in result.stdout
     assert "Traceback" not in result.stdout
@@ -69,13 +48,13 @@ def test_doit_image_failure_is_a_clean_message(tmp_path: Path, site: Site, keys:
 
 def test_doit_verify_gpg(tmp_path: Path, site: Site, keys: Keys) -> None:
     key = write_key(tmp_path, keys, keys.good)
-    good = make_cluster(tmp_path, site.url, pin=keys.good, key=f"file://{key}", name="good")
-    result = doit(good.source, "verify_gpg")
+    good = image_cluster(tmp_path, site.url, pin=keys.good, key=f"file://{key}", name="good")
+    result = run_doit(good.source, "verify_gpg", merged=True)
     assert result.returncode == 0, result.stdout
     assert "pinned fingerprint matches" in result.stdout
     assert not agent_running(good.flatcar.cache_dir / "flatcar" / "gnupg")
 
-    wrong = make_cluster(tmp_path, site.url, pin=keys.other, key=f"file://{key}", name="wrong")
-    result = doit(wrong.source, "verify_gpg")
+    wrong = image_cluster(tmp_path, site.url, pin=keys.other, key=f"file://{key}", name="wrong")
+    result = run_doit(wrong.source, "verify_gpg", merged=True)
     assert result.returncode == 1
     assert f"it holds {keys.good}, but flatcar.signing_key_fingerprint is {keys.other}" in result.stdout

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from support.configs import build_root, doit, write_config
 
+from support.configs import build_root, write_config
+from support.pipeline import run_doit
+from support.pki import make_pki
 from tasks.kube.kubeconfig import admin_entries, kubeconfig_target, merge_into
 from tasks.kube.merge import Entries, KubeconfigError, merge_text
-from tasks.pki.kubeconfig import write_admin_conf
-from tasks.pki.store import generate_pki
 
 # Another tool's kubeconfig, as people keep them: comments, odd indentation, flow style.
 KIND_CLUSTER = """\
@@ -183,11 +183,7 @@ def test_target_follows_kubectl_rules(tmp_path: Path) -> None:
 
 
 def test_admin_entries_come_from_admin_conf(tmp_path: Path) -> None:
-    pki_dir = tmp_path / "pki"
-    generate_pki(pki_dir, key_algorithm="ecdsa-p256", validity_days=30, cluster_name="day2")
-    write_admin_conf(
-        pki_dir, tmp_path / "admin.conf", cluster_name="day2", server="https://192.168.122.30:6444"
-    )
+    pki_dir = make_pki(tmp_path, key_algorithm="ecdsa-p256", validity_days=30, cluster_name="day2")
     found = admin_entries(tmp_path / "admin.conf", "day2")
     assert found.cluster["cluster"]["server"] == "https://192.168.122.30:6444"
     assert found.context == {"name": "day2", "context": {"cluster": "day2", "user": "day2-admin"}}
@@ -201,14 +197,14 @@ def test_admin_entries_come_from_admin_conf(tmp_path: Path) -> None:
 
 
 def test_doit_kubeconfig_merges_into_home_and_out(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, name="day2")
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     kubeconfig = home / ".kube" / "config"
     kubeconfig.write_text(EXISTING)
     env = {"HOME": str(home), "KUBECONFIG": ""}
 
-    first = doit(config, "kubeconfig", env=env)  # runs `pki` first: admin.conf is its target
+    first = run_doit(config, "kubeconfig", env=env)  # runs `pki` first: admin.conf is its target
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"{kubeconfig}: wrote cluster day2, user day2-admin, context day2" in first.stdout
     merged = kubeconfig.read_text()
@@ -218,11 +214,11 @@ def test_doit_kubeconfig_merges_into_home_and_out(tmp_path: Path) -> None:
     assert doc["current-context"] == "kind-kind"
     user = next(u for u in doc["users"] if u["name"] == "day2-admin")["user"]
     cert = x509.load_pem_x509_certificate(base64.b64decode(user["client-certificate-data"]))
-    ca = x509.load_pem_x509_certificate((build_root(tmp_path) / "pki" / "ca.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((build_root(tmp_path, "day2") / "pki" / "ca.crt").read_bytes())
     cert.verify_directly_issued_by(ca)
     assert stat.S_IMODE(kubeconfig.stat().st_mode) == 0o600
 
-    again = doit(config, "kubeconfig", env=env)
+    again = run_doit(config, "kubeconfig", env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "is current (nothing to change)" in again.stdout
     assert kubeconfig.read_text() == merged
@@ -230,7 +226,7 @@ def test_doit_kubeconfig_merges_into_home_and_out(tmp_path: Path) -> None:
 
     # A relative --out is relative to where doit was started (the test's cwd is tmp_path).
     out = tmp_path / "elsewhere" / "day2.kubeconfig"
-    written = doit(config, "kubeconfig", "--out", "elsewhere/day2.kubeconfig", "--use", env=env)
+    written = run_doit(config, "kubeconfig", "--out", "elsewhere/day2.kubeconfig", "--use", env=env)
     assert written.returncode == 0, written.stdout + written.stderr
     assert f"{out}: wrote cluster day2" in written.stdout and "previous file" not in written.stdout
     doc = yaml.safe_load(out.read_text())

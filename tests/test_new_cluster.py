@@ -4,85 +4,19 @@ that worker)."""
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
-import re
 import stat
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote_to_bytes
 
-import pytest
-import yaml
-
+from support.configs import write_config
+from support.ignition import embedded
+from support.pipeline import ok, run_doit, run_tasks
 from tasks.config import load_config
-from tasks.paths import PROJECT_ROOT, Build
-
-DOIT = Path(sys.executable).parent / "doit"
-EXECUTED = re.compile(r"^\.  (\S+)$", re.MULTILINE)
-UP_TO_DATE = re.compile(r"^-- (\S+)$", re.MULTILINE)
-
-
-def write_config(directory: Path, edit: Any = None, **top: Any) -> Path:
-    """The default config.yaml (3 control planes, 2 workers) building under `directory`."""
-    data = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
-    data["build_dir"] = str(directory / "build")
-    data.update(top)
-    if edit is not None:
-        edit(data)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def run_doit(config: Path, *args: str, env: dict[str, str] | None = None) -> tuple[set[str], set[str], str]:
-    """Run real doit; return (executed tasks, up-to-date tasks, output)."""
-    argv = [str(DOIT), "-f", str(PROJECT_ROOT / "dodo.py"), f"config={config}", "-v", "2", *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=config.parent, timeout=300, env=env,
-                          check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(argv)} failed ({proc.returncode}):\n{output}"
-    return set(EXECUTED.findall(proc.stdout)), set(UP_TO_DATE.findall(proc.stdout)), output
-
-
-def resource_bytes(resource: dict[str, Any]) -> bytes:
-    source = resource.get("source") or ""
-    if not source.startswith("data:"):
-        return b""
-    header, _, payload = source[5:].partition(",")
-    data = base64.b64decode(payload) if header.endswith(";base64") else unquote_to_bytes(payload)
-    return gzip.decompress(data) if resource.get("compression") == "gzip" else data
-
-
-def embedded(config: dict[str, Any]) -> bytes:
-    """Every byte an Ignition config would write, its merged children's included."""
-    chunks: list[bytes] = []
-    for child in config.get("ignition", {}).get("config", {}).get("merge", []):
-        chunks.append(embedded(json.loads(resource_bytes(child))))
-    for entry in config.get("storage", {}).get("files", []):
-        for resource in [entry.get("contents") or {}, *entry.get("append", [])]:
-            chunks.append(resource_bytes(resource))
-    for unit in config.get("systemd", {}).get("units", []):
-        chunks.append((unit.get("contents") or "").encode())
-        chunks += [(d.get("contents") or "").encode() for d in unit.get("dropins", [])]
-    return b"\n".join(chunks)
+from tasks.paths import Build
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-@pytest.fixture(scope="module")
-def default_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Build]:
-    config = write_config(tmp_path_factory.mktemp("default"))
-    executed, _, _ = run_doit(config, "new_cluster")
-    c = load_config(config)
-    assert {f"translate:{n.name}" for n in c.nodes} <= executed
-    return config, Build(c.build_dir)
 
 
 def test_default_config_writes_five_node_configs(default_build: tuple[Path, Build]) -> None:
@@ -127,44 +61,36 @@ def test_workers_get_the_token_and_hash_but_no_private_key(default_build: tuple[
 
 def test_no_op_run_executes_nothing(default_build: tuple[Path, Build]) -> None:
     config, _ = default_build
-    executed, up_to_date, output = run_doit(config, "new_cluster")
+    executed, up_to_date, output = run_tasks(config, "new_cluster")
     assert executed == set(), output
     assert {"pki", "secrets", "render:node1-cp", "translate:node5-worker"} <= up_to_date
 
 
 def test_one_worker_ip_rebuilds_exactly_that_worker(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    run_doit(config, "new_cluster")
-
-    def move_worker(data: dict[str, Any]) -> None:
-        data["nodes"][4]["ip"] = "192.168.122.99"
-
-    write_config(tmp_path, move_worker)
-    executed, _, output = run_doit(config, "new_cluster")
+    config = write_config(tmp_path, base="project")
+    run_tasks(config, "new_cluster")
+    write_config(tmp_path, base="project", **{"nodes.4.ip": "192.168.122.99"})
+    executed, _, output = run_tasks(config, "new_cluster")
     assert executed == {"render:node5-worker", "translate:node5-worker"}, output
     butane = Build(load_config(config).build_dir).butane_file("node5-worker")
     assert "192.168.122.99/24" in butane.read_text()
-    executed, _, output = run_doit(config, "new_cluster")
+    executed, _, output = run_tasks(config, "new_cluster")
     assert executed == set(), output
 
 
 def test_an_init_layer_change_rebuilds_only_the_init_layer_and_its_node(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    run_doit(config, "new_cluster")
-
-    def new_cilium(data: dict[str, Any]) -> None:
-        data["kubernetes"]["cilium_version"] = "1.17.1"
-
-    write_config(tmp_path, new_cilium)
-    executed, _, output = run_doit(config, "new_cluster")
+    config = write_config(tmp_path, base="project")
+    run_tasks(config, "new_cluster")
+    write_config(tmp_path, base="project", **{"kubernetes.cilium_version": "1.17.1"})
+    executed, _, output = run_tasks(config, "new_cluster")
     assert executed == {"render:30_base-ha-init", "translate:30_base-ha-init", "translate:node1-cp"}, output
 
 
 def test_a_base_change_rebuilds_every_ignition_but_no_other_butane(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    run_doit(config, "new_cluster")
-    write_config(tmp_path, ssh_authorized_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB test@example"])
-    executed, _, output = run_doit(config, "new_cluster")
+    config = write_config(tmp_path, base="project")
+    run_tasks(config, "new_cluster")
+    write_config(tmp_path, base="project", ssh_authorized_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB test@example"])
+    executed, _, output = run_tasks(config, "new_cluster")
     c = load_config(config)
     layers = ["00_base-k8s", "10_base-ha", "20_base-ha-cp", "30_base-ha-init", "31_base-ha-join-cp",
               "32_base-ha-join"]
@@ -173,14 +99,11 @@ def test_a_base_change_rebuilds_every_ignition_but_no_other_butane(tmp_path: Pat
 
 
 def test_fifty_nodes_load_as_subtasks(tmp_path: Path) -> None:
-    def fifty(data: dict[str, Any]) -> None:
-        data["nodes"] = [
-            {"name": f"n{i}", "role": "control-plane" if i < 3 else "worker", "ip": f"192.168.122.{100 + i}"}
-            for i in range(50)
-        ]
-
-    config = write_config(tmp_path, fifty)
-    argv = [str(DOIT), "-f", str(PROJECT_ROOT / "dodo.py"), f"config={config}", "list", "--all", "-q"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
+    fifty = [
+        {"name": f"n{i}", "role": "control-plane" if i < 3 else "worker", "ip": f"192.168.122.{100 + i}"}
+        for i in range(50)
+    ]
+    config = write_config(tmp_path, base="project", nodes=fifty)
+    out = ok(run_doit(config, "list", "--all", "-q")).stdout
     names = set(out.split())
     assert {f"render:n{i}" for i in range(50)} <= names and {f"translate:n{i}" for i in range(50)} <= names

@@ -1,7 +1,8 @@
 """`doit new_cluster` end to end: every node's Ignition, applied by the real Ignition, passes
 every real program that will read it, and gives each node what its role needs and nothing more.
 
-Cluster sizes: 1 control plane alone, the default config (3 + 2), and 5 + 20. The slow
+Cluster sizes (the `applied_cluster` fixture in conftest.py): 1 control plane alone, the
+default config (3 + 2), and 5 + 20. The slow
 checks run once per distinct content (the 20 workers share almost everything), but every
 node's config is applied and every node's files are looked at.
 """
@@ -9,88 +10,19 @@ node's config is applied and every node's files are looked at.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import stat
-import subprocess
-import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import pytest
-import yaml
-from support.realignition import apply_ignition, available
+from support.realignition import SEEDED_FILES, AppliedCluster
 from support.realtools import check_haproxy, check_keepalived, check_networkd, quadlet_dryrun, verify_units
 
-from tasks.config import Cluster, Node, load_config
-from tasks.paths import PROJECT_ROOT, Build
-
-DOIT = Path(sys.executable).parent / "doit"
-DODO = PROJECT_ROOT / "dodo.py"
 # kubeadm's bootstrap token format (kubeadm/app/apis/bootstraptoken: [a-z0-9]{6}.[a-z0-9]{16}).
 TOKEN = re.compile(rb"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
 CA_HASH = re.compile(rb"sha256:[0-9a-f]{64}")
 QUADLET_SUFFIXES = (".container", ".volume", ".network", ".pod", ".kube", ".image", ".build")
-# Files realignition seeds before Ignition runs (useradd needs them): not the node's config.
-SEEDED = {"etc/passwd", "etc/group", "etc/shadow", "etc/gshadow", "etc/selinux/config",
-          "etc/.ignition-result.json"}
-
-
-@dataclass(frozen=True)
-class Built:
-    cluster: Cluster
-    roots: dict[str, Path]  # node name -> the root its Ignition config was applied to
-
-    def root(self, node: Node) -> Path:
-        return self.roots[node.name]
-
-
-def write_config(path: Path, control_planes: int | None, workers: int | None) -> Path:
-    """The default config.yaml with build_dir moved under the test, and optionally other nodes."""
-    data = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
-    if control_planes is not None and workers is not None:
-        names = [f"node{i}-cp" for i in range(1, control_planes + 1)]
-        names += [f"node{i}-worker" for i in range(control_planes + 1, control_planes + workers + 1)]
-        data["nodes"] = [
-            {"name": name, "role": "control-plane" if name.endswith("-cp") else "worker",
-             "ip": f"192.168.122.{30 + i}"}
-            for i, name in enumerate(names, start=1)
-        ]
-    data["build_dir"] = str(path.parent / "build")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def run_new_cluster(config: Path) -> Cluster:
-    argv = [str(DOIT), "-f", str(DODO), f"config={config}", "new_cluster"]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=config.parent, timeout=600, check=False)
-    assert proc.returncode == 0, f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return load_config(config)
-
-
-# None, None: config.yaml's own nodes (the default cluster, 3 + 2).
-SIZES = [(1, 0), (None, None), (5, 20)]
-
-
-@pytest.fixture(scope="module", params=SIZES, ids=["1cp-0w", "default-3cp-2w", "5cp-20w"])
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    if not available():
-        pytest.skip("Ignition not found: apt-get install ignition")
-    control_planes, workers = request.param
-    work = tmp_path_factory.mktemp("cluster")
-    cluster = run_new_cluster(write_config(work / "config.yaml", control_planes, workers))
-    expected = (3, 2) if control_planes is None else (control_planes, workers)
-    assert (len(cluster.control_planes), len(cluster.workers)) == expected
-    paths = Build(cluster.build_dir)
-    roots = {}
-    for node in cluster.nodes:
-        ign = paths.ign_file(node.name)
-        assert ign.is_file(), f"doit new_cluster wrote no {ign}"
-        roots[node.name] = work / "roots" / node.name
-        apply_ignition(json.loads(ign.read_text()), roots[node.name])
-    return Built(cluster, roots)
 
 
 def sha256(data: bytes) -> str:
@@ -113,7 +45,7 @@ def files(root: Path, pattern: str) -> list[Path]:
 
 def node_files(root: Path) -> list[Path]:
     """Every regular file Ignition wrote (not the seeded account files)."""
-    return [p for p in files(root, "**/*") if str(p.relative_to(root)) not in SEEDED]
+    return [p for p in files(root, "**/*") if str(p.relative_to(root)) not in SEEDED_FILES]
 
 
 def mode(path: Path) -> int:
@@ -123,24 +55,24 @@ def mode(path: Path) -> int:
 # ---------------------------------------------------------------- the real programs
 
 
-def test_ignition_files_are_private(built: Built) -> None:
-    for node in built.cluster.nodes:
-        ign = Build(built.cluster.build_dir).ign_file(node.name)
+def test_ignition_files_are_private(applied_cluster: AppliedCluster) -> None:
+    for node in applied_cluster.cluster.nodes:
+        ign = applied_cluster.paths.ign_file(node.name)
         assert mode(ign) & 0o077 == 0, f"{ign} embeds secrets but has mode {mode(ign):o}"
 
 
-def test_haproxy_accepts_every_control_plane_config(built: Built) -> None:
-    cfgs = [built.root(n) / "etc/haproxy/haproxy.cfg" for n in built.cluster.control_planes]
+def test_haproxy_accepts_every_control_plane_config(applied_cluster: AppliedCluster) -> None:
+    cfgs = [applied_cluster.root(n) / "etc/haproxy/haproxy.cfg" for n in applied_cluster.cluster.control_planes]
     for cfg in cfgs:
         assert cfg.is_file(), f"{cfg} missing"
     assert once_per_content((sha256(c.read_bytes()), partial(check_haproxy, c)) for c in cfgs) >= 1
 
 
-def test_keepalived_accepts_every_control_plane_config(built: Built) -> None:
-    interface = built.cluster.network.interface
+def test_keepalived_accepts_every_control_plane_config(applied_cluster: AppliedCluster) -> None:
+    interface = applied_cluster.cluster.network.interface
     checks = []
-    for node in built.cluster.control_planes:
-        root = built.root(node)
+    for node in applied_cluster.cluster.control_planes:
+        root = applied_cluster.root(node)
         conf = root / "etc/keepalived/keepalived.conf"
         assert conf.is_file(), f"{conf} missing"
         # The scripts it runs are part of what keepalived checks.
@@ -165,11 +97,11 @@ def content_key(root: Path, paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def test_quadlet_and_systemd_accept_every_unit(built: Built, tmp_path: Path) -> None:
+def test_quadlet_and_systemd_accept_every_unit(applied_cluster: AppliedCluster, tmp_path: Path) -> None:
     generated: dict[str, list[Path]] = {}
     checks = []
-    for node in built.cluster.nodes:
-        root = built.root(node)
+    for node in applied_cluster.cluster.nodes:
+        root = applied_cluster.root(node)
         quadlets = quadlet_files(root)
         qkey = content_key(root, quadlets)
         if qkey not in generated:
@@ -193,13 +125,13 @@ def test_quadlet_and_systemd_accept_every_unit(built: Built, tmp_path: Path) -> 
     assert once_per_content(checks) >= 1
 
 
-def test_networkd_accepts_every_network_file(built: Built, tmp_path: Path) -> None:
+def test_networkd_accepts_every_network_file(applied_cluster: AppliedCluster, tmp_path: Path) -> None:
     # One daemon run for the whole cluster: distinct files, renamed so names cannot collide.
     batch = tmp_path / "network"
     batch.mkdir()
     seen: set[str] = set()
-    for node in built.cluster.nodes:
-        root = built.root(node)
+    for node in applied_cluster.cluster.nodes:
+        root = applied_cluster.root(node)
         # .link files are udev's, which has no offline checker in Debian 12 (udevadm verify: v253).
         found = [p for p in files(root, "etc/systemd/network/*") if p.suffix in (".network", ".netdev")]
         assert [p for p in found if p.suffix == ".network"], f"{node.name} has no .network file"
@@ -214,10 +146,10 @@ def test_networkd_accepts_every_network_file(built: Built, tmp_path: Path) -> No
 # ---------------------------------------------------------------- what each role gets
 
 
-def test_every_node_gets_its_identity(built: Built) -> None:
-    net = built.cluster.network
-    for node in built.cluster.nodes:
-        root = built.root(node)
+def test_every_node_gets_its_identity(applied_cluster: AppliedCluster) -> None:
+    net = applied_cluster.cluster.network
+    for node in applied_cluster.cluster.nodes:
+        root = applied_cluster.root(node)
         assert (root / "etc/hostname").read_text().strip() == node.name
         network = "".join(p.read_text() for p in files(root, "etc/systemd/network/*.network"))
         assert f"Address={node.ip}/{net.prefix}" in network, f"{node.name}: no Address={node.ip}/{net.prefix}"
@@ -226,44 +158,44 @@ def test_every_node_gets_its_identity(built: Built) -> None:
         assert f"Gateway={net.gateway}" in network
 
 
-def test_control_planes_get_the_cluster_cas_privately(built: Built) -> None:
-    for node in built.cluster.control_planes:
-        key = built.root(node) / "etc/kubernetes/pki/ca.key"
+def test_control_planes_get_the_cluster_cas_privately(applied_cluster: AppliedCluster) -> None:
+    for node in applied_cluster.cluster.control_planes:
+        key = applied_cluster.root(node) / "etc/kubernetes/pki/ca.key"
         assert key.is_file(), f"{node.name}: no {key}"
         assert b"PRIVATE KEY" in key.read_bytes()
         assert mode(key) == 0o600, f"{key} has mode {mode(key):o}"
 
 
-def test_control_planes_run_keepalived_and_haproxy_as_quadlets(built: Built) -> None:
-    for node in built.cluster.control_planes:
-        names = {p.name for p in quadlet_files(built.root(node))}
+def test_control_planes_run_keepalived_and_haproxy_as_quadlets(applied_cluster: AppliedCluster) -> None:
+    for node in applied_cluster.cluster.control_planes:
+        names = {p.name for p in quadlet_files(applied_cluster.root(node))}
         assert {"keepalived.container", "haproxy.container"} <= names, f"{node.name}: {sorted(names)}"
 
 
-def test_exactly_one_keepalived_master(built: Built) -> None:
+def test_exactly_one_keepalived_master(applied_cluster: AppliedCluster) -> None:
     master = re.compile(r"^\s*state\s+MASTER\b", re.MULTILINE)
     masters = [
-        node.name for node in built.cluster.control_planes
-        if master.search((built.root(node) / "etc/keepalived/keepalived.conf").read_text())
+        node.name for node in applied_cluster.cluster.control_planes
+        if master.search((applied_cluster.root(node) / "etc/keepalived/keepalived.conf").read_text())
     ]
-    assert masters == [built.cluster.init_node.name]
-    for node in built.cluster.control_planes:
-        conf = (built.root(node) / "etc/keepalived/keepalived.conf").read_text()
-        assert str(built.cluster.network.vip) in conf, f"{node.name}: keepalived.conf does not hold the VIP"
+    assert masters == [applied_cluster.cluster.init_node.name]
+    for node in applied_cluster.cluster.control_planes:
+        conf = (applied_cluster.root(node) / "etc/keepalived/keepalived.conf").read_text()
+        assert str(applied_cluster.cluster.network.vip) in conf, f"{node.name}: keepalived.conf does not hold the VIP"
 
 
-def test_haproxy_balances_over_every_control_plane(built: Built) -> None:
-    for node in built.cluster.control_planes:
-        cfg = (built.root(node) / "etc/haproxy/haproxy.cfg").read_text()
+def test_haproxy_balances_over_every_control_plane(applied_cluster: AppliedCluster) -> None:
+    for node in applied_cluster.cluster.control_planes:
+        cfg = (applied_cluster.root(node) / "etc/haproxy/haproxy.cfg").read_text()
         servers = re.findall(r"^\s*server\s+(\S+)\s+([0-9.]+):(\d+)", cfg, re.MULTILINE)
         assert sorted((name, ip) for name, ip, _ in servers) == sorted(
-            (cp.name, str(cp.ip)) for cp in built.cluster.control_planes
+            (cp.name, str(cp.ip)) for cp in applied_cluster.cluster.control_planes
         ), f"{node.name}: haproxy.cfg servers {servers}"
 
 
-def test_workers_get_no_private_key_and_no_load_balancer(built: Built) -> None:
-    for node in built.cluster.workers:
-        root = built.root(node)
+def test_workers_get_no_private_key_and_no_load_balancer(applied_cluster: AppliedCluster) -> None:
+    for node in applied_cluster.cluster.workers:
+        root = applied_cluster.root(node)
         for path in node_files(root):
             assert b"PRIVATE KEY" not in path.read_bytes(), f"worker {node.name} got a private key: {path}"
         for absent in ("etc/keepalived", "etc/haproxy", "etc/containers/systemd/keepalived.container",
@@ -271,17 +203,17 @@ def test_workers_get_no_private_key_and_no_load_balancer(built: Built) -> None:
             assert not (root / absent).exists(), f"worker {node.name} received {absent}"
 
 
-def test_join_secrets_are_private_and_consistent(built: Built) -> None:
+def test_join_secrets_are_private_and_consistent(applied_cluster: AppliedCluster) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    init = built.root(built.cluster.init_node)
+    init = applied_cluster.root(applied_cluster.cluster.init_node)
     ca = x509.load_pem_x509_certificate((init / "etc/kubernetes/pki/ca.crt").read_bytes())
     spki = ca.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     expected_hash = b"sha256:" + hashlib.sha256(spki).hexdigest().encode()
     tokens: set[bytes] = set()
-    for node in built.cluster.nodes:
-        root = built.root(node)
+    for node in applied_cluster.cluster.nodes:
+        root = applied_cluster.root(node)
         secret_files = [p for p in node_files(root) if TOKEN.search(p.read_bytes())]
         assert secret_files, f"{node.name} has no file with the bootstrap token"
         for path in secret_files:
@@ -293,15 +225,15 @@ def test_join_secrets_are_private_and_consistent(built: Built) -> None:
     assert len(tokens) == 1, f"nodes disagree on the bootstrap token: {len(tokens)} distinct"
 
 
-def test_no_private_key_is_readable_by_others(built: Built) -> None:
-    for node in built.cluster.nodes:
-        for path in node_files(built.root(node)):
+def test_no_private_key_is_readable_by_others(applied_cluster: AppliedCluster) -> None:
+    for node in applied_cluster.cluster.nodes:
+        for path in node_files(applied_cluster.root(node)):
             if b"PRIVATE KEY" in path.read_bytes():
                 assert mode(path) & 0o077 == 0, f"{path} holds a private key but has mode {mode(path):o}"
 
 
-def test_nothing_is_written_where_flatcar_cannot_write(built: Built) -> None:
+def test_nothing_is_written_where_flatcar_cannot_write(applied_cluster: AppliedCluster) -> None:
     # /usr is read-only on Flatcar: Ignition would fail there on a real node, not here.
-    for node in built.cluster.nodes:
-        tops = {p.relative_to(built.root(node)).parts[0] for p in node_files(built.root(node))}
+    for node in applied_cluster.cluster.nodes:
+        tops = {p.relative_to(applied_cluster.root(node)).parts[0] for p in node_files(applied_cluster.root(node))}
         assert tops <= {"etc", "opt", "home", "var", "root"}, f"{node.name} writes under {sorted(tops)}"

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from support.pki import SERVER, VIP, make_pki
 from tasks.errors import PkiError
 from tasks.pki import PKI_FILES, issue_certificate, node_files, read_secret
 from tasks.pki.crypto import discovery_hash
-from tasks.pki.kubeconfig import admin_conf_credentials, read_admin_conf, write_admin_conf
+from tasks.pki.kubeconfig import admin_conf_credentials, read_admin_conf
 from tasks.pki.layout import DERIVED_FILES, PRIMARY_FILES
 from tasks.pki.store import generate_pki
-
-VIP = "192.168.122.30"  # data only: nothing connects to it
-SERVER = f"https://{VIP}:6444"
 
 
 def openssl(*args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -31,38 +29,25 @@ def openssl(*args: str, input: bytes | None = None, check: bool = True) -> subpr
     return subprocess.run(["openssl", *args], input=input, capture_output=True, check=check, timeout=60)
 
 
-def make_set(root: Path, algorithm: str, days: int = 3650) -> Path:
-    pki = root / algorithm / "pki"
-    generate_pki(pki, key_algorithm=algorithm, validity_days=days, cluster_name="test")
-    write_admin_conf(pki, root / algorithm / "admin.conf", cluster_name="test", server=SERVER)
-    return pki
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pki")
-    return {alg: make_set(root, alg) for alg in ("rsa-2048", "ecdsa-p256")}
-
-
 def test_layout_lists_every_file_once() -> None:
     assert sorted(PKI_FILES) == sorted(PRIMARY_FILES + DERIVED_FILES)
     assert len(set(PKI_FILES)) == len(PKI_FILES)
 
 
 @pytest.mark.parametrize("algorithm", ["rsa-2048", "ecdsa-p256"])
-def test_discovery_hash_matches_openssl_pipeline(sets: dict[str, Path], algorithm: str) -> None:
-    ca = sets[algorithm] / "ca.crt"
+def test_discovery_hash_matches_openssl_pipeline(pki_sets: dict[str, Path], algorithm: str) -> None:
+    ca = pki_sets[algorithm] / "ca.crt"
     pubkey = openssl("x509", "-pubkey", "-noout", "-in", str(ca)).stdout
     der = openssl("pkey", "-pubin", "-outform", "der", input=pubkey).stdout
     sha = subprocess.run(["sha256sum"], input=der, capture_output=True, check=True).stdout.split()[0].decode()
     assert discovery_hash(ca.read_bytes()) == f"sha256:{sha}"
-    assert read_secret(sets[algorithm], "ca-hash") == f"sha256:{sha}"
-    conf = (sets[algorithm] / "certs.conf").read_text().splitlines()
-    assert conf == [f"K8S_TOKEN={read_secret(sets[algorithm], 'bootstrap-token')}", f"K8S_HASH=sha256:{sha}"]
+    assert read_secret(pki_sets[algorithm], "ca-hash") == f"sha256:{sha}"
+    conf = (pki_sets[algorithm] / "certs.conf").read_text().splitlines()
+    assert conf == [f"K8S_TOKEN={read_secret(pki_sets[algorithm], 'bootstrap-token')}", f"K8S_HASH=sha256:{sha}"]
 
 
-def test_discovery_hash_differs_between_cas(sets: dict[str, Path]) -> None:
-    cas = [p / name for p in sets.values() for name in ("ca.crt", "etcd/ca.crt")]
+def test_discovery_hash_differs_between_cas(pki_sets: dict[str, Path]) -> None:
+    cas = [p / name for p in pki_sets.values() for name in ("ca.crt", "etcd/ca.crt")]
     hashes = {discovery_hash(ca.read_bytes()) for ca in cas}
     assert len(hashes) == 4
 
@@ -73,9 +58,9 @@ def test_discovery_hash_differs_between_cas(sets: dict[str, Path]) -> None:
 )
 @pytest.mark.parametrize("algorithm", ["rsa-2048", "ecdsa-p256"])
 def test_ca_certificates_look_like_kubeadms(
-    sets: dict[str, Path], algorithm: str, stem: str, common_name: str
+    pki_sets: dict[str, Path], algorithm: str, stem: str, common_name: str
 ) -> None:
-    cert = str(sets[algorithm] / f"{stem}.crt")
+    cert = str(pki_sets[algorithm] / f"{stem}.crt")
     text = openssl("x509", "-in", cert, "-noout", "-text").stdout.decode()
     assert re.search(r"Subject: CN ?= ?" + re.escape(common_name) + r"\n", text)
     assert re.search(r"Issuer: CN ?= ?" + re.escape(common_name) + r"\n", text)
@@ -90,13 +75,13 @@ def test_ca_certificates_look_like_kubeadms(
     # Self-signed and valid: openssl accepts it as its own trust anchor.
     assert openssl("verify", "-CAfile", cert, cert).stdout.strip().endswith(b"OK")
     # The key file is the certificate's key.
-    modulus = openssl("pkey", "-in", str(sets[algorithm] / f"{stem}.key"), "-pubout").stdout
+    modulus = openssl("pkey", "-in", str(pki_sets[algorithm] / f"{stem}.key"), "-pubout").stdout
     assert modulus == openssl("x509", "-in", cert, "-noout", "-pubkey").stdout
 
 
 @pytest.mark.parametrize(("algorithm", "days"), [("rsa-3072", 730), ("ecdsa-p256", 3650)])
 def test_validity_and_algorithm_come_from_arguments(tmp_path: Path, algorithm: str, days: int) -> None:
-    pki = make_set(tmp_path, algorithm, days)
+    pki = make_pki(tmp_path / algorithm, key_algorithm=algorithm, validity_days=days, cluster_name="test")
     cert = str(pki / "ca.crt")
     # Still valid one day before the configured end, expired one day after it.
     openssl("x509", "-in", cert, "-noout", "-checkend", str((days - 1) * 86400))
@@ -108,8 +93,8 @@ def test_validity_and_algorithm_come_from_arguments(tmp_path: Path, algorithm: s
         assert b"Private-Key: (3072 bit" in sa_key
 
 
-def test_admin_conf_client_certificate_verifies_against_ca(sets: dict[str, Path], tmp_path: Path) -> None:
-    for algorithm, pki in sets.items():
+def test_admin_conf_client_certificate_verifies_against_ca(pki_sets: dict[str, Path], tmp_path: Path) -> None:
+    for algorithm, pki in pki_sets.items():
         conf = pki.parent / "admin.conf"
         assert conf.stat().st_mode & 0o777 == 0o600
         data = read_admin_conf(conf)
@@ -126,12 +111,12 @@ def test_admin_conf_client_certificate_verifies_against_ca(sets: dict[str, Path]
         subject = subject_out.stdout.decode()
         assert subject.strip() == "subject=CN=kubernetes-admin,O=kubeadm:cluster-admins"
         # Not signed by the other set's CA: verification is not a rubber stamp.
-        other = next(p for a, p in sets.items() if a != algorithm)
+        other = next(p for a, p in pki_sets.items() if a != algorithm)
         assert openssl("verify", "-CAfile", str(other / "ca.crt"), str(cert), check=False).returncode != 0
 
 
-def test_modes_of_a_generated_set(sets: dict[str, Path]) -> None:
-    for pki in sets.values():
+def test_modes_of_a_generated_set(pki_sets: dict[str, Path]) -> None:
+    for pki in pki_sets.values():
         assert pki.stat().st_mode & 0o777 == 0o700
         assert (pki / "etcd").stat().st_mode & 0o777 == 0o700
         for name in PKI_FILES:
@@ -142,28 +127,28 @@ def test_modes_of_a_generated_set(sets: dict[str, Path]) -> None:
                 assert b"PRIVATE KEY" not in (pki / name).read_bytes(), name
 
 
-def test_secrets_have_their_formats(sets: dict[str, Path]) -> None:
+def test_secrets_have_their_formats(pki_sets: dict[str, Path]) -> None:
     tokens = set()
-    for pki in sets.values():
+    for pki in pki_sets.values():
         token = read_secret(pki, "bootstrap-token")
         assert re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token)
         assert re.fullmatch(r"[A-Za-z0-9]{8}", read_secret(pki, "keepalived-auth"))
         tokens.add(token)
-    assert len(tokens) == len(sets)
+    assert len(tokens) == len(pki_sets)
     with pytest.raises(PkiError, match="not a PKI file"):
-        read_secret(next(iter(sets.values())), "../etc/passwd")
+        read_secret(next(iter(pki_sets.values())), "../etc/passwd")
 
 
-def test_generate_refuses_an_existing_ca(sets: dict[str, Path]) -> None:
-    pki = sets["ecdsa-p256"]
+def test_generate_refuses_an_existing_ca(pki_sets: dict[str, Path]) -> None:
+    pki = pki_sets["ecdsa-p256"]
     before = (pki / "ca.key").read_bytes()
     with pytest.raises(PkiError, match="never replaced silently"):
         generate_pki(pki, key_algorithm="ecdsa-p256", validity_days=3650, cluster_name="test")
     assert (pki / "ca.key").read_bytes() == before
 
 
-def test_worker_files_hold_no_private_key(sets: dict[str, Path]) -> None:
-    pki = sets["rsa-2048"]
+def test_worker_files_hold_no_private_key(pki_sets: dict[str, Path]) -> None:
+    pki = pki_sets["rsa-2048"]
     workers = node_files(control_plane=False)
     assert [f.node_path for f in workers] == ["/etc/kubernetes/certs.conf"]
     assert all(b"PRIVATE KEY" not in (pki / f.name).read_bytes() for f in workers)
@@ -239,9 +224,9 @@ def talk(port: int, ctx: ssl.SSLContext) -> bytes:
 
 @pytest.mark.parametrize("algorithm", ["rsa-2048", "ecdsa-p256"])
 def test_tls_server_from_generated_ca_is_trusted(
-    sets: dict[str, Path], tmp_path: Path, algorithm: str
+    pki_sets: dict[str, Path], tmp_path: Path, algorithm: str
 ) -> None:
-    pki = sets[algorithm]
+    pki = pki_sets[algorithm]
     ctx = server_context(pki, tmp_path, require_client=False)
     trusting = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     with tls_server(ctx) as (port, result):
@@ -262,7 +247,7 @@ def test_tls_server_from_generated_ca_is_trusted(
     assert b"IP address mismatch" in wrong.stdout + wrong.stderr
 
     # A client trusting another cluster's CA refuses the server.
-    other = next(p for a, p in sets.items() if a != algorithm)
+    other = next(p for a, p in pki_sets.items() if a != algorithm)
     with tls_server(ctx) as (port, result):
         with pytest.raises(ssl.SSLCertVerificationError):
             talk(port, ssl.create_default_context(cafile=str(other / "ca.crt")))
@@ -270,9 +255,9 @@ def test_tls_server_from_generated_ca_is_trusted(
 
 @pytest.mark.parametrize("algorithm", ["rsa-2048", "ecdsa-p256"])
 def test_admin_conf_client_certificate_passes_mutual_tls(
-    sets: dict[str, Path], tmp_path: Path, algorithm: str
+    pki_sets: dict[str, Path], tmp_path: Path, algorithm: str
 ) -> None:
-    pki = sets[algorithm]
+    pki = pki_sets[algorithm]
     ctx = server_context(pki, tmp_path, require_client=True)
     _, cert_pem, key_pem = admin_conf_credentials(pki.parent / "admin.conf")
     client = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -285,7 +270,7 @@ def test_admin_conf_client_certificate_passes_mutual_tls(
     assert (("commonName", "kubernetes-admin"),) in peer["subject"]
 
     # A client certificate from another CA is refused by the server.
-    other = next(p for a, p in sets.items() if a != algorithm)
+    other = next(p for a, p in pki_sets.items() if a != algorithm)
     _, other_cert, other_key = admin_conf_credentials(other.parent / "admin.conf")
     stranger = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     stranger.load_cert_chain(*write_pair(tmp_path, "stranger", (other_cert, other_key)))

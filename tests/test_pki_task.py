@@ -12,39 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from support.configs import build_root, write_config
+from support.pipeline import ok, run_doit, run_script, script_command
 from tasks.paths import PROJECT_ROOT
 from tasks.pki import PKI_FILES, read_secret
 from tasks.pki.crypto import ca_params, check_key_pair
 from tasks.pki.kubeconfig import read_admin_conf
 
-DOIT = PROJECT_ROOT / ".venv" / "bin" / "doit"
-SCRIPT = PROJECT_ROOT / "scripts" / "generate-k8s-certs"
 
-CONFIG = """\
-name: pkitest
-nodes:
-  - {{name: cp1, role: control-plane, ip: 192.168.122.31}}
-  - {{name: w1, role: worker, ip: 192.168.122.34}}
-network: {{vip: {vip}, prefix: 24, gateway: 192.168.122.1, apiserver_port: 6444}}
-kubernetes: {{key_algorithm: {algorithm}, ca_validity_days: {days}}}
-build_dir: {build}
-"""
-
-
-def write_config(
-    tmp_path: Path, algorithm: str = "rsa-2048", days: int = 3650, vip: str = "192.168.122.30"
-) -> Path:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(CONFIG.format(algorithm=algorithm, days=days, vip=vip, build=tmp_path / "build"))
-    return cfg
-
-
-def doit(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "FLATCAR_HA_CONFIG"}
-    return subprocess.run(
-        [str(DOIT), "-f", str(PROJECT_ROOT / "dodo.py"), f"config={cfg}", *args],
-        cwd=cfg.parent, env=env, capture_output=True, text=True, timeout=120,
-    )
+def pki_config(tmp_path: Path, algorithm: str = "rsa-2048", days: int = 3650, vip: str = "192.168.122.30") -> Path:
+    """Cluster pkitest (cp1 + w1, API port 6444) with these PKI settings; rewritten in place."""
+    return write_config(tmp_path, name="pkitest", network={"vip": vip, "apiserver_port": 6444},
+                        kubernetes={"key_algorithm": algorithm, "ca_validity_days": days})
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -72,16 +51,11 @@ def assert_no_secret(texts: list[str], pki: Path, admin_conf: Path) -> None:
             assert secret not in text
 
 
-def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
 def test_pki_is_generated_once_and_reruns_are_byte_identical(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path)
-    root = tmp_path / "build" / "pkitest"
+    cfg = pki_config(tmp_path)
+    root = build_root(tmp_path, "pkitest")
     pki, admin = root / "pki", root / "admin.conf"
-    first = ok(doit(cfg, "pki"))
+    first = ok(run_doit(cfg, "pki"))
     before = snapshot(pki) | {"admin.conf": admin.read_bytes()}
     assert set(before) == {*PKI_FILES, "admin.conf"}
     assert root.stat().st_mode & 0o777 == 0o700
@@ -92,10 +66,10 @@ def test_pki_is_generated_once_and_reruns_are_byte_identical(tmp_path: Path) -> 
         assert (pki / name).stat().st_mode & 0o777 == (0o600 if secret else 0o644), name
     assert read_admin_conf(admin)["clusters"][0]["cluster"]["server"] == "https://192.168.122.30:6444"
 
-    second = ok(doit(cfg, "pki"))
+    second = ok(run_doit(cfg, "pki"))
     assert "-- pki" in second.stdout  # doit: up to date, action not run
-    ok(doit(cfg, "forget", "pki"))
-    third = ok(doit(cfg, "pki"))  # the action runs and finds everything in place
+    ok(run_doit(cfg, "forget", "pki"))
+    third = ok(run_doit(cfg, "pki"))  # the action runs and finds everything in place
     assert "nothing written" in third.stdout
     assert snapshot(pki) | {"admin.conf": admin.read_bytes()} == before
     state = (root / "doit-state.json").read_text()
@@ -107,13 +81,13 @@ def test_pki_is_generated_once_and_reruns_are_byte_identical(tmp_path: Path) -> 
 def test_changed_config_fails_with_rotation_hint_and_changes_nothing(
     tmp_path: Path, algorithm: str, days: int, field: str
 ) -> None:
-    cfg = write_config(tmp_path)
-    root = tmp_path / "build" / "pkitest"
-    ok(doit(cfg, "pki"))
+    cfg = pki_config(tmp_path)
+    root = build_root(tmp_path, "pkitest")
+    ok(run_doit(cfg, "pki"))
     before = snapshot(root / "pki") | {"admin.conf": (root / "admin.conf").read_bytes()}
-    write_config(tmp_path, algorithm=algorithm, days=days)
+    pki_config(tmp_path, algorithm=algorithm, days=days)
     for _ in range(2):  # a failed run must not make the next one pass
-        proc = doit(cfg, "pki")
+        proc = run_doit(cfg, "pki")
         assert proc.returncode != 0
         out = proc.stdout + proc.stderr
         assert f"kubernetes.{field}" in out
@@ -125,12 +99,12 @@ def test_changed_config_fails_with_rotation_hint_and_changes_nothing(
 
 
 def test_rotate_pki_archives_the_old_set_then_makes_a_new_one(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path)
-    root = tmp_path / "build" / "pkitest"
-    ok(doit(cfg, "pki"))
+    cfg = pki_config(tmp_path)
+    root = build_root(tmp_path, "pkitest")
+    ok(run_doit(cfg, "pki"))
     old = snapshot(root / "pki") | {"admin.conf": (root / "admin.conf").read_bytes()}
-    write_config(tmp_path, algorithm="ecdsa-p256", days=1000)
-    proc = ok(doit(cfg, "rotate_pki"))
+    pki_config(tmp_path, algorithm="ecdsa-p256", days=1000)
+    proc = ok(run_doit(cfg, "rotate_pki"))
     archives = list((root / "pki-archive").iterdir())
     assert len(archives) == 1 and str(archives[0]) in proc.stdout
     assert (root / "pki-archive").stat().st_mode & 0o777 == 0o700
@@ -141,25 +115,25 @@ def test_rotate_pki_archives_the_old_set_then_makes_a_new_one(tmp_path: Path) ->
     assert read_secret(new, "bootstrap-token").encode() not in old["bootstrap-token"]
     assert (root / "admin.conf").stat().st_mode & 0o777 == 0o600
     after = snapshot(new) | {"admin.conf": (root / "admin.conf").read_bytes()}
-    ok(doit(cfg, "pki"))
+    ok(run_doit(cfg, "pki"))
     assert snapshot(new) | {"admin.conf": (root / "admin.conf").read_bytes()} == after
     assert_no_secret([proc.stdout + proc.stderr], new, root / "admin.conf")
 
 
 def test_missing_files_derived_ones_are_rewritten_primary_ones_fail(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path)
-    pki = tmp_path / "build" / "pkitest" / "pki"
-    ok(doit(cfg, "pki"))
+    cfg = pki_config(tmp_path)
+    pki = build_root(tmp_path, "pkitest") / "pki"
+    ok(run_doit(cfg, "pki"))
     before = snapshot(pki)
     (pki / "ca-hash").unlink()
     (pki / "certs.conf").unlink()
     (pki / "ca.key").chmod(0o644)
-    ok(doit(cfg, "pki"))
+    ok(run_doit(cfg, "pki"))
     assert snapshot(pki) == before
     assert (pki / "ca.key").stat().st_mode & 0o777 == 0o600
 
     (pki / "etcd" / "ca.key").unlink()
-    proc = doit(cfg, "pki")
+    proc = run_doit(cfg, "pki")
     assert proc.returncode != 0
     assert "etcd/ca.key missing" in proc.stdout + proc.stderr
     before.pop("etcd/ca.key")
@@ -167,23 +141,23 @@ def test_missing_files_derived_ones_are_rewritten_primary_ones_fail(tmp_path: Pa
 
 
 def test_endpoint_change_rewrites_only_admin_conf(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path)
-    root = tmp_path / "build" / "pkitest"
-    ok(doit(cfg, "pki"))
+    cfg = pki_config(tmp_path)
+    root = build_root(tmp_path, "pkitest")
+    ok(run_doit(cfg, "pki"))
     before = snapshot(root / "pki")
-    write_config(tmp_path, vip="192.168.122.40")
-    ok(doit(cfg, "pki"))
+    pki_config(tmp_path, vip="192.168.122.40")
+    ok(run_doit(cfg, "pki"))
     assert snapshot(root / "pki") == before
     conf = read_admin_conf(root / "admin.conf")
     assert conf["clusters"][0]["cluster"]["server"] == "https://192.168.122.40:6444"
 
 
 def test_no_ca_but_leftovers_generates_and_keeps_leftovers(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path)
-    pki = tmp_path / "build" / "pkitest" / "pki"
+    cfg = pki_config(tmp_path)
+    pki = build_root(tmp_path, "pkitest") / "pki"
     pki.mkdir(parents=True)
     (pki / "bootstrap-token").write_text("stale\n")
-    ok(doit(cfg, "pki"))
+    ok(run_doit(cfg, "pki"))
     assert set(snapshot(pki)) == set(PKI_FILES)
     archived = list((pki.parent / "pki-archive").glob("*-incomplete"))
     assert len(archived) == 1 and (archived[0] / "bootstrap-token").read_text() == "stale\n"
@@ -193,7 +167,7 @@ def test_no_ca_but_leftovers_generates_and_keeps_leftovers(tmp_path: Path) -> No
 
 
 def script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return run_script("generate-k8s-certs", *args, cwd=cwd)
 
 
 def test_cli_writes_the_set_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -224,7 +198,7 @@ def test_interrupted_rotation_leaves_the_old_set_or_a_complete_new_one(tmp_path:
     old = snapshot(certs)
     for delay in (0.3, 0.8):
         # RSA-4096 takes long enough to be interrupted while the new set is being made.
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), "--dir", str(certs), "--force",
+        proc = subprocess.Popen([*script_command("generate-k8s-certs"), "--dir", str(certs), "--force",
                                  "--key-algorithm", "rsa-4096"], cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)

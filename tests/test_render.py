@@ -9,51 +9,20 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import Cluster, fingerprint, parse_config
-from tasks.paths import PROJECT_ROOT
+from support.configs import project_cluster
+from support.layers import inline_of
+from tasks.config import Cluster, fingerprint
 from tasks.plan.layers import CP, INIT, LAYERS, outputs, virtual_router_id
 from tasks.plan.templates import check_references, render_layers, render_output
 
 SIZES = [(1, 0), (1, 2), (3, 0), (3, 2), (5, 20)]
 
 
-def make_config(
-    tmp_path: Path, control_planes: int = 3, workers: int = 2, changes: dict[str, Any] | None = None
-) -> Cluster:
-    """config.yaml with other nodes and build_dir under tmp_path; changes' keys are dotted paths."""
-    data = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
-    names = [f"node{i}-cp" for i in range(1, control_planes + 1)]
-    names += [f"node{i}-worker" for i in range(control_planes + 1, control_planes + workers + 1)]
-    data["nodes"] = [
-        {"name": n, "role": "control-plane" if n.endswith("-cp") else "worker", "ip": f"192.168.122.{30 + i}"}
-        for i, n in enumerate(names, start=1)
-    ]
-    data["build_dir"] = str(tmp_path / "build")
-    for dotted, value in (changes or {}).items():
-        *parents, last = dotted.split(".")
-        target = data
-        for key in parents:
-            target = target[int(key)] if isinstance(target, list) else target[key]
-        target[int(last) if isinstance(target, list) else last] = value
-    path = tmp_path / "config.yaml"
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return parse_config(path.read_text(), path)
-
-
-def inline_of(butane: str, path: str) -> str:
-    """The inline contents of one file in a rendered Butane text."""
-    for entry in yaml.safe_load(butane).get("storage", {}).get("files", []):
-        if entry["path"] == path:
-            return str(entry["contents"]["inline"])
-    raise AssertionError(f"no {path} in the rendered layer")
-
-
 @pytest.mark.parametrize(("control_planes", "workers"), SIZES)
 def test_every_size_renders_valid_layers_with_declared_references(
     tmp_path: Path, control_planes: int, workers: int
 ) -> None:
-    c = make_config(tmp_path, control_planes, workers)
+    c = project_cluster(tmp_path, control_planes, workers)
     texts = render_layers(c)
     assert list(texts) == [*LAYERS, *(n.name for n in c.nodes)]
     for out in outputs(c):
@@ -66,7 +35,7 @@ def test_every_size_renders_valid_layers_with_declared_references(
 
 
 def test_declared_reference_check_fails_on_drift(tmp_path: Path) -> None:
-    c = make_config(tmp_path)
+    c = project_cluster(tmp_path)
     out = next(o for o in outputs(c) if o.name == "node1-cp")
     text = render_output(out) + "# local: pki/ca.key\n"  # a comment is not a reference
     check_references(out, text)
@@ -94,7 +63,7 @@ def keepalived_settings(text: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("control_planes", [1, 3, 5])
 def test_keepalived_has_one_master_and_descending_backups(tmp_path: Path, control_planes: int) -> None:
-    c = make_config(tmp_path, control_planes, 2)
+    c = project_cluster(tmp_path, control_planes, 2)
     texts = render_layers(c)
     settings = [keepalived_settings(inline_of(texts[n.name], "/etc/keepalived/keepalived.conf"))
                 for n in c.control_planes]
@@ -126,7 +95,7 @@ def test_virtual_router_id_depends_on_the_cluster_name() -> None:
 def test_haproxy_binds_every_address_and_checks_every_control_plane(
     tmp_path: Path, control_planes: int
 ) -> None:
-    c = make_config(tmp_path, control_planes, 2, changes={"network.apiserver_port": 7443})
+    c = project_cluster(tmp_path, control_planes, 2, **{"network.apiserver_port": 7443})
     cfg = inline_of(render_layers(c)[CP], "/etc/haproxy/haproxy.cfg")
     assert re.search(r"^\s*bind \*:7443$", cfg, re.MULTILINE)
     servers = re.findall(r"^\s*server (\S+) (\S+)$", cfg, re.MULTILINE)
@@ -136,7 +105,7 @@ def test_haproxy_binds_every_address_and_checks_every_control_plane(
 
 
 def test_images_are_pinned_and_not_auto_updated(tmp_path: Path) -> None:
-    text = render_layers(make_config(tmp_path))[CP]
+    text = render_layers(project_cluster(tmp_path))[CP]
     for name in ("keepalived", "haproxy"):
         unit = inline_of(text, f"/etc/containers/systemd/{name}.container")
         image = re.findall(r"^Image=(\S+)$", unit, re.MULTILINE)
@@ -147,16 +116,16 @@ def test_images_are_pinned_and_not_auto_updated(tmp_path: Path) -> None:
 def test_sha256_pins_become_verification_hashes(tmp_path: Path) -> None:
     keys = ("kubernetes", "crio", "cilium_cli", "kubernetes_sysupdate", "crio_sysupdate", "noop_sysupdate")
     pins = {k: f"{i:x}" * 64 for i, k in enumerate(keys, start=1)}
-    texts = render_layers(make_config(tmp_path, changes={"kubernetes.sha256": pins}))
+    texts = render_layers(project_cluster(tmp_path, **{"kubernetes.sha256": pins}))
     everything = "\n".join(texts.values())
     for digest in pins.values():
         assert everything.count(f"hash: sha256-{digest}") == 1
-    plain = render_layers(make_config(tmp_path / "plain"))
+    plain = render_layers(project_cluster(tmp_path / "plain"))
     assert "verification" not in "\n".join(plain.values())
 
 
 def test_sysexts_follow_the_bakery_layout(tmp_path: Path) -> None:
-    c = make_config(tmp_path, changes={"kubernetes.version": "v1.30.5", "kubernetes.crio_version": "v1.30.4"})
+    c = project_cluster(tmp_path, **{"kubernetes.version": "v1.30.5", "kubernetes.crio_version": "v1.30.4"})
     base = yaml.safe_load(render_layers(c)["00_base-k8s"])
     files = {f["path"]: f for f in base["storage"]["files"]}
     url = "https://extensions.flatcar.org/extensions"
@@ -181,14 +150,14 @@ def test_sysexts_follow_the_bakery_layout(tmp_path: Path) -> None:
 
 
 def test_control_planes_get_podman_for_quadlet_even_if_config_omits_it(tmp_path: Path) -> None:
-    c = make_config(tmp_path, changes={"kubernetes.official_sysexts": ["zfs"]})
+    c = project_cluster(tmp_path, **{"kubernetes.official_sysexts": ["zfs"]})
     texts = render_layers(c)
     assert inline_of(texts[CP], "/etc/flatcar/enabled-sysext.conf") == "zfs\npodman\n"
     assert inline_of(texts["00_base-k8s"], "/etc/flatcar/enabled-sysext.conf") == "zfs\n"
 
 
 def test_network_matches_the_vm_mac(tmp_path: Path) -> None:
-    c = make_config(tmp_path, 1, 1, changes={"network.interface": "ens3"})
+    c = project_cluster(tmp_path, 1, 1, **{"network.interface": "ens3"})
     for node in c.nodes:
         text = render_layers(c)[node.name]
         network = inline_of(text, "/etc/systemd/network/00-ens3.network")
@@ -198,7 +167,7 @@ def test_network_matches_the_vm_mac(tmp_path: Path) -> None:
 
 
 def test_cilium_is_installed_once_on_the_init_node_only(tmp_path: Path) -> None:
-    c = make_config(tmp_path, 3, 2, changes={"network.apiserver_port": 7443})
+    c = project_cluster(tmp_path, 3, 2, **{"network.apiserver_port": 7443})
     texts = render_layers(c)
     units = {u["name"]: u for u in yaml.safe_load(texts[INIT])["systemd"]["units"]}
     start = units["cilium-install.service"]["contents"]
@@ -217,10 +186,10 @@ def changed_outputs(before: Cluster, after: Cluster) -> set[str]:
 
 
 def test_each_context_holds_exactly_what_its_file_reads(tmp_path: Path) -> None:
-    base = make_config(tmp_path / "a")
+    base = project_cluster(tmp_path / "a")
 
     def changed(name: str, changes: dict[str, Any]) -> set[str]:
-        return changed_outputs(base, make_config(tmp_path / name, changes=changes))
+        return changed_outputs(base, project_cluster(tmp_path / name, **changes))
 
     assert changed("b", {"nodes.4.ip": "192.168.122.99"}) == {"node5-worker"}
     assert changed("c", {"kubernetes.cilium_version": "1.17.0"}) == {INIT}

@@ -11,8 +11,9 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
-from test_render import inline_of, make_config
 
+from support.configs import project_cluster
+from support.layers import inline_of
 from tasks.plan.kubeadm import api_version, init_token_fragment, join_discovery_fragment
 from tasks.plan.layers import outputs
 from tasks.plan.templates import render_layers
@@ -95,7 +96,7 @@ def test_api_version_follows_the_kubernetes_version() -> None:
 def test_every_node_kubeadm_config_matches_the_schema(
     tmp_path: Path, version: str, control_planes: int, workers: int
 ) -> None:
-    c = make_config(tmp_path, control_planes, workers, changes={"kubernetes.version": version})
+    c = project_cluster(tmp_path, control_planes, workers, **{"kubernetes.version": version})
     texts = render_layers(c)
     api = api_version(version)
     for node in c.nodes:
@@ -130,7 +131,7 @@ def test_every_node_kubeadm_config_matches_the_schema(
 
 
 def test_schema_rejects_unknown_and_misplaced_fields(tmp_path: Path) -> None:
-    c = make_config(tmp_path, 1, 1)
+    c = project_cluster(tmp_path, 1, 1)
     texts = render_layers(c)
     (join,) = node_documents(texts["node2-worker"], "node2-worker", False)
     validate(join)
@@ -145,7 +146,7 @@ def test_schema_rejects_unknown_and_misplaced_fields(tmp_path: Path) -> None:
 
 
 def test_token_ttl_from_config(tmp_path: Path) -> None:
-    c = make_config(tmp_path, 1, 0, changes={"kubernetes.token_ttl": "0"})
+    c = project_cluster(tmp_path, 1, 0, **{"kubernetes.token_ttl": "0"})
     out = next(o for o in outputs(c) if o.name == "node1-cp")
     docs = node_documents(render_layers(c)["node1-cp"], "node1-cp", True)
     assert docs[1]["bootstrapTokens"][0]["ttl"] == "0" == out.context["kubeadm"]["token_ttl"]

@@ -1,42 +1,22 @@
 """Scaling against a real libvirtd with tiny guests: add a worker with `doit ha`, drop one with `doit prune`.
 
-The clusters are the real pipeline end to end (tests/test_vm.py's fixtures): PKI, render and
+The clusters are the real pipeline end to end (the make_cluster fixture): PKI, render and
 translate per node, a signed tiny image served on 127.0.0.1, pools, overlays and VMs.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import urllib.parse
 from pathlib import Path
 
-import test_vm
-import yaml
-from support.configs import write_config
-from support.libvirtd import Libvirt, run_doit, virsh
-from test_vm import MakeCluster, VmCluster, assert_node_runs_its_ignition
-
+from support.configs import add_node, drop_node, write_config
+from support.libvirtd import Libvirt, virsh
+from support.pipeline import executed, run_doit
+from support.pipeline import status_table as table
+from support.vm_clusters import MakeCluster, VmCluster, assert_node_runs_its_ignition, define_foreign_domain
 from tasks.config import load_config
 from tasks.paths import Build
-
-# test_vm's fixture under its own name (pytest registers fixtures by module attribute name).
-make_cluster = test_vm.make_cluster
-
-
-def add_node(tc: VmCluster, name: str, ip: str, role: str = "worker") -> None:
-    """Append a node to the test cluster's config.yaml, as a user would."""
-    lines = tc.config.read_text().splitlines()
-    last = max(i for i, line in enumerate(lines) if line.startswith("  - {name: "))
-    lines.insert(last + 1, f"  - {{name: {name}, role: {role}, ip: {ip}}}")
-    tc.config.write_text("\n".join(lines) + "\n")
-
-
-def drop_node(tc: VmCluster, name: str) -> None:
-    text = tc.config.read_text()
-    kept = [line for line in text.splitlines() if not line.startswith(f"  - {{name: {name}, ")]
-    assert len(kept) == len(text.splitlines()) - 1, f"node {name} not in {tc.config}"
-    tc.config.write_text("\n".join(kept) + "\n")
 
 
 def join_discovery(ign: Path) -> str:
@@ -52,41 +32,12 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def table(out: str) -> dict[str, dict[str, str]]:
-    """The status table as {node: {column: cell}}, cut at the header's column starts."""
-    lines = out.splitlines()
-    head = next(i for i, line in enumerate(lines) if line.startswith("NODE "))
-    header = lines[head]
-    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
-    names = header.split()
-    rows: dict[str, dict[str, str]] = {}
-    for line in lines[head + 2:]:
-        if not line.strip():
-            break
-        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
-        rows[cells[0]] = dict(zip(names, cells, strict=True))
-    return rows
-
-
 def domid(tc: VmCluster, vm_name: str) -> str:
     return virsh(tc.uri, "domid", vm_name).stdout.strip()
 
 
 def pool_files(tc: VmCluster) -> list[str]:
     return sorted(p.name for p in (tc.image_dir / tc.c.name).iterdir())
-
-
-def executed(out: str) -> set[str]:
-    """The tasks doit ran (".  name"), as opposed to those it found up to date ("-- name")."""
-    return set(re.findall(r"^\.  (\S+)$", out, re.MULTILINE))
-
-
-def define_foreign_domain(tc: VmCluster, name: str) -> None:
-    """A domain with this cluster's name prefix that flatcar-ha did not make (no metadata)."""
-    xml = tc.config.parent / f"{name}.xml"
-    xml.write_text(f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>"
-                   "<os><type arch='x86_64'>hvm</type></os></domain>")
-    virsh(tc.uri, "define", str(xml))
 
 
 def test_add_a_worker_then_prune_it(make_cluster: MakeCluster) -> None:
@@ -102,7 +53,7 @@ def test_add_a_worker_then_prune_it(make_cluster: MakeCluster) -> None:
     original_config = tc.config.read_text()
 
     # Scale up: one line in config.yaml, then the usual `doit ha`.
-    add_node(tc, "w3", "192.168.122.33")
+    add_node(tc.config, "w3", "192.168.122.33")
     out = tc.doit("ha")
     ran = executed(out)
     assert {"render:w3", "translate:w3", "overlay:w3", "vm:w3"} <= ran, out
@@ -174,9 +125,9 @@ def test_prune_finds_volumes_of_a_removed_node_in_a_stopped_pool(make_cluster: M
     tc = make_cluster(1)
     tc.doit("ha")
     pool = f"flatcar-ha-{tc.c.name}"
-    add_node(tc, "w2", "192.168.122.32")
+    add_node(tc.config, "w2", "192.168.122.32")
     tc.doit("ha")
-    drop_node(tc, "w2")
+    drop_node(tc.config, "w2")
     virsh(tc.uri, "destroy", f"{tc.c.name}-w2")
     virsh(tc.uri, "destroy", f"{tc.c.name}-cp1")
     virsh(tc.uri, "pool-destroy", pool)
@@ -193,11 +144,9 @@ def test_prune_finds_volumes_of_a_removed_node_in_a_stopped_pool(make_cluster: M
 
 def test_prune_without_libvirt_fails_cleanly(tmp_path: Path) -> None:
     """An unreachable hypervisor stops prune with libvirt's reason, before anything is removed."""
-    config = write_config(tmp_path, name="pr1")
-    data = yaml.safe_load(config.read_text())
-    data["vm"] = {"libvirt_uri": "qemu+tcp://127.0.0.1:9/system", "libvirt_network": "none"}
-    config.write_text(yaml.safe_dump(data))
-    result = run_doit(config, "prune", "--yes")
+    config = write_config(tmp_path, name="pr1",
+                          vm={"libvirt_uri": "qemu+tcp://127.0.0.1:9/system", "libvirt_network": "none"})
+    result = run_doit(config, "prune", "--yes", merged=True, timeout=600)
     assert result.returncode != 0, result.stdout
     assert "qemu+tcp://127.0.0.1:9/system" in result.stdout and "Traceback" not in result.stdout
     assert "removed" not in result.stdout

@@ -1,8 +1,8 @@
 """`doit status` against a real libvirtd with tiny guests and a real TLS API server on 127.0.0.1.
 
-The API column is checked against test_wait's HTTPS server, which demands admin.conf's client
-certificate and presents a certificate from the cluster's own CA: `--server` points status there,
-so nothing ever connects to the (data-only) VIP.
+The API column is checked against the fake API server (support/fake_api.py), which demands
+admin.conf's client certificate and presents a certificate from the cluster's own CA: `--server`
+points status there, so nothing ever connects to the (data-only) VIP.
 """
 
 from __future__ import annotations
@@ -11,22 +11,16 @@ import json
 import socket
 from pathlib import Path
 
-import test_vm
-import test_wait
+from support.configs import add_node, drop_node
+from support.fake_api import ServerFactory, api_node
 from support.libvirtd import virsh
-from test_scaling import add_node, define_foreign_domain, drop_node, table
-from test_vm import MakeCluster
-from test_wait import ServerFactory, node
-
+from support.pipeline import status_table as table
+from support.pki import write_apiserver_cert
+from support.vm_clusters import MakeCluster, define_foreign_domain
 from tasks.libvirt.domain import VmInputs
 from tasks.libvirt.inventory import Domain
 from tasks.paths import Build
-from tasks.pki import issue_certificate
 from tasks.report.status import CHANGED, CURRENT, NOT_BUILT, ignition_state
-
-# Fixtures of other modules under their own names (pytest registers them by attribute name).
-make_cluster = test_vm.make_cluster
-tls_api = test_wait.tls_api
 
 
 def closed_port() -> int:
@@ -39,26 +33,22 @@ def test_status_shows_real_vm_states_ignition_and_api(
     make_cluster: MakeCluster, tls_api: ServerFactory, tmp_path: Path
 ) -> None:
     tc = make_cluster(2)  # cp1 (init) and w2
-    add_node(tc, "w3", "192.168.122.33")
+    add_node(tc.config, "w3", "192.168.122.33")
     tc.doit("ha")
     name = tc.c.name
     # w3 leaves the config (its VM stays), w4 joins it without a VM, w5's name is taken by a
     # domain flatcar-ha did not make; w2 is stopped; cp1's Ignition changes after its VM was made.
-    drop_node(tc, "w3")
-    add_node(tc, "w4", "192.168.122.34")
-    add_node(tc, "w5", "192.168.122.35")
+    drop_node(tc.config, "w3")
+    add_node(tc.config, "w4", "192.168.122.34")
+    add_node(tc.config, "w5", "192.168.122.35")
     define_foreign_domain(tc, f"{name}-w5")
     virsh(tc.uri, "destroy", f"{name}-w2")
     ign = tc.ign("cp1")
     ign.write_text(json.dumps({**json.loads(ign.read_text()), "passwd": {}}))
 
     paths = Build(tc.c.build_dir)
-    cert, key = issue_certificate(paths.pki, common_name="kube-apiserver", ip_addresses=["127.0.0.1"],
-                                  server=True)
-    (tmp_path / "apiserver.crt").write_bytes(cert)
-    (tmp_path / "apiserver.key").write_bytes(key)
-    api = tls_api(tmp_path / "apiserver.crt", tmp_path / "apiserver.key", paths.pki / "ca.crt", 0,
-                  [node("cp1", True), node("w2", False)])
+    cert, key = write_apiserver_cert(paths.pki, tmp_path)
+    api = tls_api(cert, key, paths.pki / "ca.crt", 0, [api_node("cp1", True), api_node("w2", False)])
 
     out = tc.doit("status", "--server", api.url)
     rows = table(out)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from support.realtools import (
     check_haproxy,
     check_keepalived,

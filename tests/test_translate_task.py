@@ -6,31 +6,35 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import stat
 from pathlib import Path
-from typing import Any
 
-from test_new_cluster import DOIT, embedded, mode, run_doit, write_config
-
+from support.configs import write_config
+from support.ignition import embedded
+from support.pipeline import run_doit, run_tasks
 from tasks.config import load_config
 from tasks.paths import PROJECT_ROOT, Build
 from tasks.plan.translation import is_private
 
 
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def test_binary_backend_gives_the_same_ignition_as_native(tmp_path: Path) -> None:
-    native_cfg = write_config(tmp_path / "native")
-    run_doit(native_cfg, "new_cluster")
+    native_cfg = write_config(tmp_path / "native", base="project")
+    run_tasks(native_cfg, "new_cluster")
     native = Build(load_config(native_cfg).build_dir)
 
-    binary_cfg = write_config(tmp_path / "binary", butane={"backend": "binary"})
+    binary_cfg = write_config(tmp_path / "binary", base="project", butane={"backend": "binary"})
     binary = Build(load_config(binary_cfg).build_dir)
     # Same PKI, so the outputs must be identical; the pki task keeps an existing set.
     shutil.copytree(native.pki, binary.pki)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "butane").symlink_to(PROJECT_ROOT / "scripts" / "butane")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    executed, _, output = run_doit(binary_cfg, "new_cluster", env=env)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    executed, _, output = run_tasks(binary_cfg, "new_cluster", env=env)
     assert "+ butane --pretty --strict -d" in output
     names = sorted(p.name for p in native.ign.glob("*.ign"))
     assert names == sorted(p.name for p in binary.ign.glob("*.ign"))
@@ -40,8 +44,8 @@ def test_binary_backend_gives_the_same_ignition_as_native(tmp_path: Path) -> Non
         assert mode(binary.ign / name) == mode(native.ign / name)
 
     # Switching the backend back translates everything again (and only translates).
-    write_config(tmp_path / "binary", butane={"backend": "native"})
-    executed, _, output = run_doit(binary_cfg, "new_cluster", env=env)
+    write_config(tmp_path / "binary", base="project", butane={"backend": "native"})
+    executed, _, output = run_tasks(binary_cfg, "new_cluster", env=env)
     assert executed == {f"translate:{Path(n).stem}" for n in names}, output
 
 
@@ -63,12 +67,8 @@ def extra_layer(directory: Path, private: bool = False) -> Path:
 
 def test_user_layers_merge_into_their_role_and_rebuild_on_change(tmp_path: Path) -> None:
     layer = extra_layer(tmp_path / "mine")
-
-    def add_layer(data: dict[str, Any]) -> None:
-        data["butane"]["extra_layers"] = {"worker": [str(layer)]}
-
-    config = write_config(tmp_path / "cluster", add_layer)
-    executed, _, _ = run_doit(config, "new_cluster")
+    config = write_config(tmp_path / "cluster", base="project", **{"butane.extra_layers": {"worker": [str(layer)]}})
+    executed, _, _ = run_tasks(config, "new_cluster")
     assert {"render:extra_worker-motd", "translate:extra_worker-motd"} <= executed
     c = load_config(config)
     paths = Build(c.build_dir)
@@ -79,19 +79,15 @@ def test_user_layers_merge_into_their_role_and_rebuild_on_change(tmp_path: Path)
 
     # Its own `local:` file is a dependency: editing it rebuilds that layer and the workers only.
     (layer.parent / "motd.txt").write_text("new text\n")
-    executed, _, output = run_doit(config, "new_cluster")
+    executed, _, output = run_tasks(config, "new_cluster")
     workers = {"translate:node4-worker", "translate:node5-worker"}
     assert executed == {"translate:extra_worker-motd", *workers}, output
 
 
 def test_a_private_input_makes_the_output_private(tmp_path: Path) -> None:
     layer = extra_layer(tmp_path / "mine", private=True)
-
-    def add_layer(data: dict[str, Any]) -> None:
-        data["butane"]["extra_layers"] = {"all": [str(layer)]}
-
-    config = write_config(tmp_path / "cluster", add_layer)
-    run_doit(config, "new_cluster")
+    config = write_config(tmp_path / "cluster", base="project", **{"butane.extra_layers": {"all": [str(layer)]}})
+    run_tasks(config, "new_cluster")
     paths = Build(load_config(config).build_dir)
     assert is_private(layer.parent / "motd.txt")
     assert mode(paths.ign_file("extra_worker-motd")) == 0o600
@@ -101,13 +97,8 @@ def new_cluster_with_broken_layer(tmp_path: Path, old: str, new: str) -> tuple[P
     """Run new_cluster with a worker layer whose text has old replaced by new: (layer, exit, output)."""
     layer = extra_layer(tmp_path / "mine")
     layer.write_text(layer.read_text().replace(old, new))
-
-    def add_layer(data: dict[str, Any]) -> None:
-        data["butane"]["extra_layers"] = {"worker": [str(layer)]}
-
-    config = write_config(tmp_path / "cluster", add_layer)
-    argv = [str(DOIT), "-f", str(PROJECT_ROOT / "dodo.py"), f"config={config}", "new_cluster"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    config = write_config(tmp_path / "cluster", base="project", **{"butane.extra_layers": {"worker": [str(layer)]}})
+    proc = run_doit(config, "new_cluster")
     return layer, proc.returncode, proc.stdout + proc.stderr
 
 

@@ -9,108 +9,19 @@ from __future__ import annotations
 import json
 import os
 import stat
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from support.libvirtd import (
+from support.libvirtd import LOCAL, Libvirt, virsh
+from support.vm_clusters import (
     IMAGES_ROOT,
-    LOCAL,
-    Libvirt,
-    cluster_yaml,
-    run_doit,
+    MakeCluster,
+    assert_node_runs_its_ignition,
+    qemu_cmdline,
     sweep,
     tiny_qcow2,
     unique_name,
-    virsh,
 )
-from support.site import ROOT, VERSION, Keys, Site, write_key
-
-from tasks.config import Cluster, parse_config
 from tasks.libvirt.domain import FWCFG_NAME, VmInputs, disk_file, fwcfg_file
-from tasks.paths import Build
-
-
-@dataclass
-class VmCluster:
-    c: Cluster
-    config: Path
-    image_dir: Path
-    uri: str
-
-    def doit(self, *args: str, prefix: list[str] | None = None) -> str:
-        result = run_doit(self.config, *args, prefix=prefix)
-        assert result.returncode == 0, result.stdout
-        return result.stdout
-
-    def doit_fails(self, *args: str) -> str:
-        result = run_doit(self.config, *args)
-        assert result.returncode != 0, result.stdout
-        assert "Traceback" not in result.stdout
-        return result.stdout
-
-    def ign(self, node: str) -> Path:
-        return Build(self.c.build_dir).ign_file(node)
-
-    def xml(self, node: str) -> str:
-        return virsh(self.uri, "dumpxml", self.c.node(node).vm_name).stdout
-
-    def state(self, node: str) -> str:
-        return virsh(self.uri, "domstate", self.c.node(node).vm_name).stdout.strip()
-
-    def domid(self, node: str) -> str:
-        return virsh(self.uri, "domid", self.c.node(node).vm_name).stdout.strip()
-
-    def domains(self) -> list[str]:
-        names = virsh(self.uri, "list", "--all", "--name").stdout.split()
-        return sorted(n for n in names if n.startswith(f"{self.c.name}-"))
-
-
-MakeCluster = Callable[..., VmCluster]
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path, site: Site, keys: Keys, libvirt: Libvirt) -> Iterator[MakeCluster]:
-    made: list[VmCluster] = []
-    image = tiny_qcow2(tmp_path / "base.qcow2").read_bytes()
-    site.publish(VERSION, image, keys.sign(keys.good, image))
-    key = write_key(tmp_path, keys, keys.good)
-
-    def make(nodes: int, uri: str = LOCAL) -> VmCluster:
-        name = unique_name()
-        image_dir = IMAGES_ROOT / f"flatcar-ha-test-{name}"
-        text = cluster_yaml(name, tmp_path, nodes=nodes, image_dir=image_dir, uri=uri,
-                            base_url=site.url + ROOT, key=key, pin=keys.good, version=VERSION)
-        config = tmp_path / f"{name}.yaml"
-        config.write_text(text)
-        made.append(VmCluster(parse_config(text, config), config, image_dir, uri))
-        return made[-1]
-
-    yield make
-    for tc in made:
-        sweep(tc.uri, tc.c.name, tc.image_dir)
-
-
-def qemu_cmdline(vm_name: str) -> str:
-    pid = Path(f"/run/libvirt/qemu/{vm_name}.pid").read_text().strip()
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-
-
-def assert_node_runs_its_ignition(tc: VmCluster, node: str) -> str:
-    """The VM runs, fw_cfg carries a private copy equal to the node's Ignition; returns its disk."""
-    assert tc.state(node) == "running"
-    xml = tc.xml(node)
-    entries = ET.fromstring(xml).findall("sysinfo[@type='fwcfg']/entry")
-    assert [e.get("name") for e in entries] == [FWCFG_NAME]
-    copy = Path(str(fwcfg_file(xml)))
-    assert copy.read_bytes() == tc.ign(node).read_bytes()
-    assert stat.S_IMODE(copy.stat().st_mode) & 0o077 == 0, oct(copy.stat().st_mode)
-    assert f"-fw_cfg name={FWCFG_NAME},file={copy}" in qemu_cmdline(tc.c.node(node).vm_name)
-    disk = str(disk_file(xml))
-    assert disk.startswith(f"{tc.image_dir}/{tc.c.name}/")
-    return disk
 
 
 def test_ha_creates_reruns_recreates_and_removes(make_cluster: MakeCluster) -> None:

@@ -1,1 +1,23 @@
-"""Helpers shared by the tests; fixtures that use them are defined in tests/conftest.py."""
+"""Everything the tests share; the fixtures built on it are defined in tests/conftest.py.
+
+pytest puts tests/ on sys.path, so these are imported as `support.<module>`. No test module
+imports another test module: what two tests need goes here.
+
+    pipeline      run_doit (the one doit runner: this interpreter, any virtualenv), ok, run_tasks,
+                  executed/up_to_date, status_table, build_ignition (doit new_cluster -> Built),
+                  run_script/script_command (scripts/ with this interpreter)
+    configs       write_config(where, **overrides): small fast config or the project's; cluster_nodes,
+                  project_cluster, add_node/drop_node (line edits as a user makes them)
+    pki           make_pki, apiserver_pki, write_apiserver_cert (the project's own PKI code)
+    fake_api      Kubernetes API stand-in on 127.0.0.1 with mutual TLS (wait, status)
+    site          Flatcar release server on 127.0.0.1 that misbehaves on demand; image_cluster
+    gpg_keys      throwaway signing keys (good, other, expired, revoked) with the real gpg
+    libvirtd      libvirtd + virtlogd under the machine-wide lock; stops only what it started
+    vm_clusters   tiny clusters of real VMs on that libvirtd, swept afterwards
+    realignition  the real Ignition into a scratch root: apply_ignition, apply_node_ignition,
+                  apply_cluster_ignition
+    realtools     haproxy, keepalived, systemd-analyze, Quadlet, systemd-networkd on our files
+    ignition      data URLs, what a config writes, semantic comparison of Ignition configs
+    butane_vectors  Butane's conformance vectors and our scripts/butane on them
+    layers        reading rendered Butane layers
+"""

@@ -1,20 +1,24 @@
-"""Shared helpers for the Butane translator tests: vector discovery and data-URL walking."""
+"""Butane's own conformance vectors (tests/butane_vectors/, from Butane v0.25.1) and our CLI on them.
+
+Valid vectors hold input.bu, files/, expected.ign and expected.compact.ign; error vectors
+expected.stderr and expected.exit. `run_cli` runs scripts/butane as the vectors were made.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from support.pipeline import script_command
+
 TESTS = Path(__file__).resolve().parent.parent
 VECTORS = TESTS / "butane_vectors"
 SCHEMAS = TESTS / "data" / "ignition-spec"
-BUTANE = TESTS.parent / "scripts" / "butane"
 
 
 def valid_vectors() -> list[Path]:
@@ -45,7 +49,7 @@ def run_cli(
     *args: str, cwd: Path, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, str(BUTANE), *args],
+        [*script_command("butane"), *args],
         cwd=cwd,
         input=stdin,
         capture_output=True,

@@ -1,6 +1,7 @@
-"""Compare Ignition configs the way the Butane conformance README says (semantically).
+"""Reading Ignition configs in tests: data URLs, what a config writes, semantic comparison.
 
-Data URLs (`source` of any object) are decoded to bytes, gunzipped when the object says
+`differences` compares configs the way the Butane conformance README says (semantically):
+data URLs (`source` of any object) are decoded to bytes, gunzipped when the object says
 `"compression": "gzip"`, and compared as bytes; the encoding choice and gzip bytes may
 differ. The `compression` key must be present where the expected config has it, with a value
 consistent with the encoding actually used. Everything else must be identical.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -24,11 +26,39 @@ def decode_data_url(url: str) -> bytes:
     return unquote_to_bytes(payload)
 
 
-def _resource_bytes(obj: dict[str, Any]) -> bytes:
-    data = decode_data_url(obj["source"])
-    if obj.get("compression") == "gzip":
-        data = gzip.decompress(data)
-    return data
+def resource_bytes(resource: dict[str, Any]) -> bytes:
+    """The bytes a resource (file contents, append, child config) holds; b"" for a remote source."""
+    source = resource.get("source") or ""
+    if not source.startswith("data:"):
+        return b""
+    data = decode_data_url(source)
+    return gzip.decompress(data) if resource.get("compression") == "gzip" else data
+
+
+def effective_configs(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """config plus its embedded children, as Ignition sees them (replace wins outright)."""
+    cfg = config.get("ignition", {}).get("config", {})
+    if "replace" in cfg and cfg["replace"].get("source", "").startswith("data:"):
+        return effective_configs(json.loads(resource_bytes(cfg["replace"])))
+    found = [config]
+    for res in cfg.get("merge", []):
+        if res.get("source", "").startswith("data:"):
+            found += effective_configs(json.loads(resource_bytes(res)))
+    return found
+
+
+def embedded(config: dict[str, Any]) -> bytes:
+    """Every byte an Ignition config would write, its merged children's included."""
+    chunks: list[bytes] = []
+    for child in config.get("ignition", {}).get("config", {}).get("merge", []):
+        chunks.append(embedded(json.loads(resource_bytes(child))))
+    for entry in config.get("storage", {}).get("files", []):
+        for resource in [entry.get("contents") or {}, *entry.get("append", [])]:
+            chunks.append(resource_bytes(resource))
+    for unit in config.get("systemd", {}).get("units", []):
+        chunks.append((unit.get("contents") or "").encode())
+        chunks += [(d.get("contents") or "").encode() for d in unit.get("dropins", [])]
+    return b"\n".join(chunks)
 
 
 def differences(expected: Any, actual: Any, path: str = "$") -> list[str]:
@@ -52,7 +82,7 @@ def differences(expected: Any, actual: Any, path: str = "$") -> list[str]:
                 problems.append(f"{path}.compression: bad value {actual.get('compression')!r}")
             else:
                 try:
-                    want, have = _resource_bytes(expected), _resource_bytes(actual)
+                    want, have = resource_bytes(expected), resource_bytes(actual)
                 except (ValueError, OSError) as exc:
                     problems.append(f"{path}.source: cannot decode: {exc}")
                 else:

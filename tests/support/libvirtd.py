@@ -1,10 +1,11 @@
-"""Real libvirtd + QEMU for the VM tests, started the way CI needs it, and tiny test clusters.
+"""Real libvirtd + QEMU for the VM tests, started the way CI needs it (no systemd here).
 
-The session fixture starts `virtlogd -d` and `libvirtd -d` only when they are not running already
-(no systemd here), remembers the PIDs it started and stops only those. The libvirtd it starts
-also listens on TCP 127.0.0.1 (auth none: test only) so the remote code path is exercised through
-`qemu+tcp://127.0.0.1:PORT/system`. It never starts the `default` network and removes its
-autostart link. Imported by tests/test_vm*.py and bench/bench_vms.py; it holds no tests itself.
+`libvirt_daemons()` (the session fixture `libvirt` in conftest.py, and bench/bench_vms.py)
+holds the machine-wide lock /run/lock/flatcar-ha-libvirt.lock for as long as it is used, starts
+`virtlogd -d` and `libvirtd -d` only when they are not running already, remembers the PIDs it
+started and stops only those. The libvirtd it starts also listens on TCP 127.0.0.1 (auth none:
+test only) so the remote code path is exercised through `qemu+tcp://127.0.0.1:PORT/system`. It
+never starts the `default` network and removes its autostart link.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,9 @@ from typing import IO
 
 import pytest
 
-from tasks.paths import PROJECT_ROOT
-
 LOCAL = "qemu:///system"
 PROGRAMS = ("libvirtd", "virtlogd", "virsh", "qemu-img", "qemu-system-x86_64")
 DEFAULT_NET_AUTOSTART = Path("/etc/libvirt/qemu/networks/autostart/default.xml")
-# QEMU (user libvirt-qemu) must traverse to the disks: /tmp/pytest-of-root/... is 0700.
-IMAGES_ROOT = Path("/var/lib/libvirt/images")
-DOIT = [sys.executable, "-m", "doit", "-f", str(PROJECT_ROOT / "dodo.py")]
 
 
 def virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -172,66 +166,3 @@ def libvirt_daemons() -> Iterator[Libvirt]:
         shutil.rmtree(tmp, ignore_errors=True)
         lock.close()
 
-
-def tiny_qcow2(path: Path, size: str = "64M") -> Path:
-    """The stand-in for Flatcar: an empty qcow2 (QEMU starts; there is nothing to boot)."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
-    return path
-
-
-def unique_name(prefix: str = "t6") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:6]}"
-
-
-def cluster_yaml(name: str, tmp: Path, *, nodes: int, image_dir: Path, uri: str, base_url: str,
-                 key: Path, pin: str, version: str) -> str:
-    control_planes = 3 if nodes >= 3 else 1  # etcd wants an odd number
-    names = [f"cp{i}" if i <= control_planes else f"w{i}" for i in range(1, nodes + 1)]
-    roles = {n: "control-plane" if n.startswith("cp") else "worker" for n in names}
-    node_lines = "\n".join(
-        f"  - {{name: {n}, role: {roles[n]}, ip: 192.168.122.{30 + i}}}" for i, n in enumerate(names, start=1)
-    )
-    return f"""
-name: {name}
-nodes:
-{node_lines}
-network: {{vip: 192.168.122.30, prefix: 24, gateway: 192.168.122.1}}
-flatcar:
-  version: "{version}"
-  base_url: {base_url}
-  signing_key_url: {key}
-  signing_key_fingerprint: {pin}
-  cache_dir: {tmp / "cache"}
-kubernetes: {{key_algorithm: ecdsa-p256}}
-vm:
-  memory_mib: 256
-  vcpus: 1
-  disk_gib: 1
-  libvirt_uri: {uri}
-  libvirt_network: none
-  image_dir: {image_dir}
-  graphics: none
-build_dir: {tmp / "build"}
-"""
-
-
-def run_doit(config: Path, *args: str, timeout: float = 600, prefix: list[str] | None = None
-             ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CI": "true"}
-    return subprocess.run([*(prefix or []), *DOIT, *args, f"config={config}"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env, cwd=config.parent,
-                          timeout=timeout, check=False)
-
-
-def sweep(uri: str, cluster: str, image_dir: Path) -> None:
-    """Remove whatever a failed test left: the cluster's domains, its pool, the image directory."""
-    names = virsh(uri, "list", "--all", "--name", check=False).stdout.split()
-    for name in names:
-        if name.startswith(f"{cluster}-"):
-            virsh(uri, "destroy", name, check=False)
-            virsh(uri, "undefine", name, check=False)
-    pool = f"flatcar-ha-{cluster}"
-    if virsh(uri, "pool-info", pool, check=False).returncode == 0:
-        virsh(uri, "pool-destroy", pool, check=False)
-        virsh(uri, "pool-undefine", pool, check=False)
-    shutil.rmtree(image_dir, ignore_errors=True)

@@ -3,6 +3,8 @@
 Reusable by any test: `apply_ignition(config, root)` runs the `fetch-offline` and `files`
 stages with `-platform file` against `root` (no initramfs, no real system touched) and raises
 IgnitionFailed with Ignition's log if either stage fails. See /work/shared/TOOLS.md.
+`apply_node_ignition(paths, node, root)` does it for a node's final Ignition as `doit
+new_cluster` wrote it, `apply_cluster_ignition(built, where)` for every node of a build.
 
 What it adapts so 2.14 can run here: it seeds passwd/group/shadow/gshadow (useradd needs
 them), writes an SELinux config plus a no-op `setfiles` first on PATH (2.14 relabels at the
@@ -13,19 +15,26 @@ under that name) in the config and in every embedded child config, and replaces 
 
 from __future__ import annotations
 
-import base64
 import copy
-import gzip
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_from_bytes, unquote_to_bytes
+from urllib.parse import quote_from_bytes
+
+from support.ignition import resource_bytes
+from support.pipeline import Built
+from tasks.config import Cluster, Node
+from tasks.paths import Build
 
 IGNITION_BINARY = Path("/usr/lib/dracut/modules.d/30ignition/ignition")
+# What seed_root writes before Ignition runs (useradd needs them): not the node's config.
+SEEDED_FILES = frozenset({"etc/passwd", "etc/group", "etc/shadow", "etc/gshadow", "etc/selinux/config",
+                          "etc/.ignition-result.json"})
 
 
 class IgnitionFailed(AssertionError):
@@ -45,12 +54,8 @@ def _child_config(resource: dict[str, Any]) -> None:
     source = resource.get("source")
     if not isinstance(source, str) or not source.startswith("data:"):
         return
-    header, _, payload = source[5:].partition(",")
-    raw = base64.b64decode(payload) if header.endswith(";base64") else unquote_to_bytes(payload)
-    if resource.get("compression") == "gzip":
-        raw = gzip.decompress(raw)
     try:
-        child = json.loads(raw)
+        child = json.loads(resource_bytes(resource))
     except ValueError:
         return  # not JSON: leave it for Ignition to reject
     child = prepare_config(child)
@@ -234,3 +239,29 @@ def _apply_staged(config: dict[str, Any], staging: Path, timeout: float) -> None
                 f"ignition stage {stage} failed with exit code {proc.returncode}:\n"
                 f"{proc.stdout}\n{proc.stderr}"
             )
+
+
+def apply_node_ignition(paths: Build, node: str, root: Path) -> Path:
+    """Apply the final Ignition `doit new_cluster` wrote for `node` into root (empty or absent)."""
+    ign = paths.ign_file(node)
+    assert ign.is_file(), f"doit new_cluster wrote no {ign}"
+    apply_ignition(json.loads(ign.read_text()), root)
+    return root
+
+
+@dataclass(frozen=True)
+class AppliedCluster:
+    """A built cluster with every node's Ignition applied into its own root."""
+
+    cluster: Cluster
+    paths: Build
+    roots: dict[str, Path]  # node name -> the root its Ignition config was applied to
+
+    def root(self, node: Node) -> Path:
+        return self.roots[node.name]
+
+
+def apply_cluster_ignition(built: Built, where: Path) -> AppliedCluster:
+    """Every node of a build applied into where/<node name>."""
+    roots = {n.name: apply_node_ignition(built.paths, n.name, where / n.name) for n in built.cluster.nodes}
+    return AppliedCluster(built.cluster, built.paths, roots)

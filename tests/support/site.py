@@ -1,32 +1,34 @@
-"""Real parts for the image tests: an HTTP server on 127.0.0.1 we can misbehave, and throwaway gpg keys.
+"""A Flatcar release server on 127.0.0.1 that tests can make misbehave, and the image it serves.
 
-Imported by the test_image*.py modules; it holds no tests itself.
+`serve_site()` starts it (the `site` fixture in conftest.py); `Site.publish` puts a release on
+it, laid out as Flatcar's own (CHANNEL_ROOT/<version>/IMAGE, .sig, current/version.txt);
+`Behaviour` makes it fail, cut or stall chosen requests. `image_cluster` writes a config whose
+image comes from it. FAST is a download policy with small numbers, so failure paths take well
+under a second.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
-import shutil
 import socket
-import subprocess
+import sys
 import threading
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
-import pytest
-
+from support.configs import write_config
 from tasks.config import Cluster, parse_config
 from tasks.flatcar.download import DownloadPolicy
 
 IMAGE = "flatcar_production_qemu_image.img"
 VERSION = "4081.2.0"
-ROOT = "/amd64-usr"
+CHANNEL_ROOT = "/amd64-usr"
 
 # Several chunks of FAST's size, and not a multiple of it.
 IMAGE_DATA = random.Random(6).randbytes((3 << 20) + 123)
@@ -121,6 +123,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     behaviour: Behaviour
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that drops a kept-alive connection (as the downloader does after a cut) is
+        # no error of the server's; anything else is printed as usual.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 @dataclass
 class Site:
@@ -128,7 +136,7 @@ class Site:
     url: str
 
     def publish(self, version: str, image: bytes, signature: bytes | None, current: bool = True,
-                channel_root: str = ROOT) -> None:
+                channel_root: str = CHANNEL_ROOT) -> None:
         files = self.behaviour.files
         files[f"{channel_root}/{version}/{IMAGE}"] = image
         if signature is not None:
@@ -141,9 +149,9 @@ class Site:
         return [r for r in self.behaviour.requests if r[0].endswith(IMAGE)]
 
 
-# Fixtures carry a `_fixture` suffix so test modules can import them without shadowing.
-@pytest.fixture(name="site")
-def site_fixture() -> Iterator[Site]:
+@contextmanager
+def serve_site() -> Iterator[Site]:
+    """The server on a free port of 127.0.0.1, stopped (and stalled replies released) at the end."""
     server = _Server(("127.0.0.1", 0), _Handler)
     server.behaviour = Behaviour()
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -157,102 +165,11 @@ def site_fixture() -> Iterator[Site]:
         thread.join(5)
 
 
-# --- gpg ---------------------------------------------------------------------------------------
-
-def gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
-    proc = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
-                           "--passphrase", "", *args], input=input, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"gpg {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
-    return proc.stdout
-
-
-def _fingerprint(home: Path, uid: str) -> str:
-    out = gpg(home, "--with-colons", "--list-keys", uid).decode()
-    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
-
-
-@dataclass
-class Keys:
-    """Throwaway keys in one GNUPGHOME: good (signs with a subkey; as Flatcar's), other, expired, revoked."""
-
-    home: Path
-    good: str
-    other: str
-    expired: str
-    revoked: str
-    past: int
-    # A signature of IMAGE_DATA made before the key was revoked (gpg refuses to sign afterwards).
-    revoked_signature: bytes
-
-    def public(self, fpr: str) -> bytes:
-        return gpg(self.home, "--armor", "--export", fpr)
-
-    def sign(self, fpr: str, data: bytes, faked_time: int | None = None) -> bytes:
-        fake = ["--faked-system-time", f"{faked_time}!"] if faked_time else []
-        # A primary fingerprint lets gpg pick the key's signing subkey, as Flatcar's key does.
-        return gpg(self.home, *fake, "--local-user", fpr, "--detach-sign", "--output", "-", input=data)
-
-
-@pytest.fixture(name="keys", scope="session")
-def keys_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    if shutil.which("gpg") is None or shutil.which("gpgconf") is None:
-        pytest.skip("gpg not installed (apt-get install gnupg)")
-    home = tmp_path_factory.mktemp("signer")
-    os.chmod(home, 0o700)
-    try:
-        gpg(home, "--quick-gen-key", "Good Signer <good@example.invalid>", "ed25519", "cert", "never")
-        good = _fingerprint(home, "good@example.invalid")
-        gpg(home, "--quick-add-key", good, "ed25519", "sign", "never")
-        gpg(home, "--quick-gen-key", "Other Signer <other@example.invalid>", "ed25519", "sign", "never")
-        past = int(time.time()) - 3 * 86400
-        gpg(home, "--faked-system-time", f"{past}!", "--quick-gen-key",
-            "Expired Signer <expired@example.invalid>", "ed25519", "sign", "1d")
-        gpg(home, "--quick-gen-key", "Revoked Signer <revoked@example.invalid>", "ed25519", "sign", "never")
-        revoked = _fingerprint(home, "revoked@example.invalid")
-        keys = Keys(home, good, _fingerprint(home, "other@example.invalid"),
-                    _fingerprint(home, "expired@example.invalid"), revoked, past, b"")
-        keys.revoked_signature = keys.sign(revoked, IMAGE_DATA)
-        cert = (home / "openpgp-revocs.d" / f"{revoked}.rev").read_text()
-        # gpg guards the certificate it writes at creation with a ':' so it is not imported by accident.
-        gpg(home, "--import", input=cert.replace(":-----BEGIN", "-----BEGIN").encode())
-        yield keys
-    finally:
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
-
-
-def agent_running(home: Path) -> bool:
-    out = subprocess.run(["gpgconf", "--homedir", str(home), "--list-dirs", "agent-socket"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    return Path(out).exists()
-
-
-# --- clusters ----------------------------------------------------------------------------------
-
-def make_cluster(tmp_path: Path, site_url: str, *, pin: str, key: str, name: str = "t1",
-                 version: str = "current", channel: str = "stable", cache: Path | None = None,
-                 base_url: str | None = None) -> Cluster:
-    """A minimal valid config whose image comes from the test server and lands in tmp_path."""
-    text = f"""
-name: {name}
-nodes:
-  - {{name: cp1, role: control-plane, ip: 192.168.122.31}}
-network: {{vip: 192.168.122.30, prefix: 24, gateway: 192.168.122.1}}
-flatcar:
-  channel: {channel}
-  version: "{version}"
-  base_url: {base_url or site_url + ROOT}
-  signing_key_url: {key}
-  signing_key_fingerprint: {pin}
-  cache_dir: {cache or tmp_path / "cache"}
-build_dir: {tmp_path / "build"}
-"""
-    source = tmp_path / f"{name}.yaml"
-    source.write_text(text)
-    return parse_config(text, source)
-
-
-def write_key(tmp_path: Path, keys: Keys, fpr: str, name: str = "key.asc") -> Path:
-    path = tmp_path / name
-    path.write_bytes(keys.public(fpr))
-    return path
+def image_cluster(where: Path, site_url: str, *, pin: str, key: str, name: str = "t1", version: str = "current",
+                  channel: str = "stable", cache: Path | None = None, base_url: str | None = None) -> Cluster:
+    """A one-node cluster whose image comes from the test server and lands in `where`."""
+    flatcar = {"channel": channel, "version": version, "base_url": base_url or site_url + CHANNEL_ROOT,
+               "signing_key_url": key, "signing_key_fingerprint": pin, "cache_dir": str(cache or where / "cache")}
+    nodes = [{"name": "cp1", "role": "control-plane", "ip": "192.168.122.31"}]
+    path = write_config(where, name=name, nodes=nodes, flatcar=flatcar)
+    return parse_config(path.read_text(), path)

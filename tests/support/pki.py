@@ -1,0 +1,48 @@
+"""Cluster PKIs for tests, made by the project's own code: CAs, admin.conf, an API server certificate.
+
+`make_pki(where)` writes where/pki/ and where/admin.conf (pointing at the VIP: data only, nothing
+connects to it); `apiserver_pki(where)` adds an API server certificate for 127.0.0.1, which the
+fake API (support/fake_api.py) presents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.pki import issue_certificate
+from tasks.pki.kubeconfig import write_admin_conf
+from tasks.pki.store import generate_pki
+
+VIP = "192.168.122.30"  # data only: nothing connects to it
+SERVER = f"https://{VIP}:6444"
+
+
+def make_pki(where: Path, *, key_algorithm: str, validity_days: int, cluster_name: str) -> Path:
+    """where/pki (returned) and where/admin.conf for SERVER."""
+    pki_dir = where / "pki"
+    generate_pki(pki_dir, key_algorithm=key_algorithm, validity_days=validity_days, cluster_name=cluster_name)
+    write_admin_conf(pki_dir, where / "admin.conf", cluster_name=cluster_name, server=SERVER)
+    return pki_dir
+
+
+def write_apiserver_cert(pki_dir: Path, where: Path) -> tuple[Path, Path]:
+    """An API server certificate for 127.0.0.1 from the cluster CA in pki_dir: where/apiserver.{crt,key}."""
+    cert, key = issue_certificate(pki_dir, common_name="kube-apiserver", ip_addresses=["127.0.0.1"], server=True)
+    (where / "apiserver.crt").write_bytes(cert)
+    (where / "apiserver.key").write_bytes(key)
+    return where / "apiserver.crt", where / "apiserver.key"
+
+
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+    admin_conf: Path
+    server_cert: Path
+    server_key: Path
+
+
+def apiserver_pki(where: Path, name: str = "day2") -> Pki:
+    """The project's own PKI: CAs, admin.conf and an apiserver certificate for 127.0.0.1."""
+    pki_dir = make_pki(where, key_algorithm="ecdsa-p256", validity_days=30, cluster_name=name)
+    return Pki(pki_dir, where / "admin.conf", *write_apiserver_cert(pki_dir, where))
