@@ -6,32 +6,18 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
+from support.configs import write_config
+from support.pipeline import run_doit
 from tasks.config.load import YAML_CACHE
-from tasks.paths import PROJECT_ROOT
-
-DOIT = [sys.executable, "-m", "doit", "-f", str(PROJECT_ROOT / "dodo.py")]
 
 
-def write_config(tmp_path: Path) -> Path:
-    data = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
+def loadcheck_config(tmp_path: Path) -> Path:
     # A name no other test uses, so the remembered parse below is this test's own.
-    data["name"] = "loadcheck-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8]
-    data["build_dir"] = str(tmp_path / "build")
-    data["flatcar"]["cache_dir"] = str(tmp_path / "cache")
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(data))
-    return config
-
-
-def doit(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*DOIT, *args, f"config={config}"], capture_output=True, text=True,
-                          cwd=config.parent, timeout=120, check=False)
+    name = "loadcheck-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8]
+    written = write_config(tmp_path, base="project", name=name, **{"flatcar.cache_dir": str(tmp_path / "cache")})
+    return written.rename(tmp_path / "config.yaml")
 
 
 def remembered(config: Path) -> Path:
@@ -39,9 +25,9 @@ def remembered(config: Path) -> Path:
 
 
 def test_list_help_and_info_write_nothing(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+    config = loadcheck_config(tmp_path)
     for args in (["list", "--all"], ["help", "pki"], ["info", "pki"], ["list", "--status"]):
-        proc = doit(config, *args)
+        proc = run_doit(config, *args)
         # `doit info` exits 1 for a task that would run.
         assert proc.returncode == (1 if args[0] == "info" else 0), proc.stderr
         assert "Traceback" not in proc.stderr
@@ -50,8 +36,8 @@ def test_list_help_and_info_write_nothing(tmp_path: Path) -> None:
 
 
 def test_the_first_run_creates_private_state(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    shown = doit(config, "show")
+    config = loadcheck_config(tmp_path)
+    shown = run_doit(config, "show")
     assert shown.returncode == 0, shown.stderr
     state = next((tmp_path / "build").iterdir()) / "doit-state.json"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
@@ -61,30 +47,30 @@ def test_the_first_run_creates_private_state(tmp_path: Path) -> None:
 
 
 def test_a_torn_state_file_is_rebuilt_with_a_warning(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    assert doit(config, "secrets").returncode == 0
+    config = loadcheck_config(tmp_path)
+    assert run_doit(config, "secrets").returncode == 0
     state = next((tmp_path / "build").iterdir()) / "doit-state.json"
     whole = state.read_bytes()
     for torn in (b"", whole[: len(whole) // 2], b"[1, 2]"):
         state.write_bytes(torn)
-        listed = doit(config, "list")
+        listed = run_doit(config, "list")
         assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
-        again = doit(config, "secrets")
+        again = run_doit(config, "secrets")
         assert again.returncode == 0, again.stdout + again.stderr
         assert "Traceback" not in again.stderr
         assert f"doit state {state} is unusable" in again.stderr
         # Rewritten whole: the next run is quiet and finds everything up to date.
-        quiet = doit(config, "secrets")
+        quiet = run_doit(config, "secrets")
         assert quiet.returncode == 0 and "unusable" not in quiet.stderr
         assert "-- secrets" in quiet.stdout, quiet.stdout
 
 
 def test_an_unchanged_run_does_not_rewrite_the_state(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    assert doit(config, "secrets").returncode == 0
+    config = loadcheck_config(tmp_path)
+    assert run_doit(config, "secrets").returncode == 0
     state = next((tmp_path / "build").iterdir()) / "doit-state.json"
     before = state.stat()
-    assert doit(config, "secrets").returncode == 0
+    assert run_doit(config, "secrets").returncode == 0
     after = state.stat()
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
     assert os.access(state, os.R_OK)
