@@ -70,24 +70,20 @@ def test_bad_signature(tmp_path: Path, keys: Keys) -> None:
             verify_detached(gpg, image, sig, keys.good)
 
 
-def test_signature_by_expired_key(tmp_path: Path, keys: Keys) -> None:
-    image, sig = files(tmp_path, keys.sign(keys.expired, IMAGE_DATA, faked_time=keys.past + 3600))
+@pytest.mark.parametrize(
+    ("which", "made_by", "unusable"),
+    [("expired", r"made by an expired key \[EXPKEYSIG", "has expired"),
+     ("revoked", r"made by a revoked key \[REVKEYSIG", "has been revoked")],
+)
+def test_signature_by_unusable_key(tmp_path: Path, keys: Keys, which: str, made_by: str, unusable: str) -> None:
+    fpr = getattr(keys, which)
+    image, sig = files(tmp_path, keys.image_signature(fpr))
     with gpg_home(tmp_path / "gnupg") as gpg:
-        gpg.import_keys(keys.public(keys.expired))
-        with pytest.raises(VerificationError, match=r"made by an expired key \[EXPKEYSIG"):
-            verify_detached(gpg, image, sig, keys.expired)
-        with pytest.raises(VerificationError, match="has expired"):
-            check_key_usable(gpg, keys.expired)
-
-
-def test_signature_by_revoked_key(tmp_path: Path, keys: Keys) -> None:
-    image, sig = files(tmp_path, keys.revoked_signature)
-    with gpg_home(tmp_path / "gnupg") as gpg:
-        gpg.import_keys(keys.public(keys.revoked))
-        with pytest.raises(VerificationError, match=r"made by a revoked key \[REVKEYSIG"):
-            verify_detached(gpg, image, sig, keys.revoked)
-        with pytest.raises(VerificationError, match="has been revoked"):
-            check_key_usable(gpg, keys.revoked)
+        gpg.import_keys(keys.public(fpr))
+        with pytest.raises(VerificationError, match=made_by):
+            verify_detached(gpg, image, sig, fpr)
+        with pytest.raises(VerificationError, match=unusable):
+            check_key_usable(gpg, fpr)
 
 
 def test_garbage_or_missing_signature(tmp_path: Path, keys: Keys) -> None:

@@ -25,11 +25,13 @@ from tasks.flatcar.image import (
 )
 
 
-def good_cluster(tmp_path: Path, site: Site, keys: Keys, name: str = "t1", version: str = "current"
-                 ) -> Cluster:
-    site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA))
-    key = write_key(tmp_path, keys, keys.good)
-    return image_cluster(tmp_path, site.url, pin=keys.good, key=str(key), name=name, version=version)
+def signed_cluster(tmp_path: Path, site: Site, keys: Keys, signer: str | None = None, name: str = "t1",
+                   version: str = "current") -> Cluster:
+    """IMAGE_DATA published signed by `signer` (default: the good key), and a cluster pinning that key."""
+    fpr = signer or keys.good
+    site.publish(VERSION, IMAGE_DATA, keys.image_signature(fpr))
+    key = write_key(tmp_path, keys, fpr)
+    return image_cluster(tmp_path, site.url, pin=fpr, key=str(key), name=name, version=version)
 
 
 def assert_nothing_unverified(c: Cluster, version: str = VERSION) -> None:
@@ -39,7 +41,7 @@ def assert_nothing_unverified(c: Cluster, version: str = VERSION) -> None:
 
 
 def test_good_image_is_verified_once_and_reused(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     manifest = ensure_image(c, FAST)
 
     image = cached_image(c.flatcar, VERSION)
@@ -65,7 +67,7 @@ def test_good_image_is_verified_once_and_reused(tmp_path: Path, site: Site, keys
 
 
 def test_current_stays_resolved_when_the_channel_moves_on(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     ensure_image(c, FAST)
     site.publish("4081.3.0", b"newer", keys.sign(keys.good, b"newer"))
     assert ensure_image(c, FAST).version == VERSION
@@ -82,7 +84,7 @@ def test_pinned_version_downloads_that_release(tmp_path: Path, site: Site, keys:
 
 
 def test_two_clusters_share_the_cache(tmp_path: Path, site: Site, keys: Keys) -> None:
-    first = good_cluster(tmp_path, site, keys, name="one")
+    first = signed_cluster(tmp_path, site, keys, name="one")
     second = image_cluster(tmp_path, site.url, pin=keys.good, key=str(tmp_path / "key.asc"), name="two")
     ensure_image(first, FAST)
     site.behaviour.requests.clear()
@@ -93,7 +95,7 @@ def test_two_clusters_share_the_cache(tmp_path: Path, site: Site, keys: Keys) ->
 
 
 def test_tampered_image_is_deleted(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     tampered = bytearray(IMAGE_DATA)
     tampered[1000] ^= 1
     site.behaviour.files[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = bytes(tampered)
@@ -126,8 +128,7 @@ def test_key_url_serving_another_key_than_the_pin_fails_before_download(
 
 
 def test_expired_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
-    site.publish(VERSION, IMAGE_DATA, keys.sign(keys.expired, IMAGE_DATA, faked_time=keys.past + 3600))
-    c = image_cluster(tmp_path, site.url, pin=keys.expired, key=str(write_key(tmp_path, keys, keys.expired)))
+    c = signed_cluster(tmp_path, site, keys, keys.expired)
     with pytest.raises(VerificationError, match=f"pinned signing key {keys.expired} has expired"):
         ensure_image(c, FAST)
     assert site.image_requests() == []
@@ -135,8 +136,7 @@ def test_expired_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
 
 
 def test_revoked_key_is_refused(tmp_path: Path, site: Site, keys: Keys) -> None:
-    site.publish(VERSION, IMAGE_DATA, keys.revoked_signature)
-    c = image_cluster(tmp_path, site.url, pin=keys.revoked, key=str(write_key(tmp_path, keys, keys.revoked)))
+    c = signed_cluster(tmp_path, site, keys, keys.revoked)
     with pytest.raises(VerificationError, match="has been revoked"):
         ensure_image(c, FAST)
     assert_nothing_unverified(c)
@@ -153,7 +153,7 @@ def test_missing_signature_fails_before_download(tmp_path: Path, site: Site, key
 
 
 def test_wrong_channel_names_the_url_tried(tmp_path: Path, site: Site, keys: Keys) -> None:
-    good_cluster(tmp_path, site, keys)
+    signed_cluster(tmp_path, site, keys)
     # The server only has /amd64-usr; a base_url with {channel} for beta gives a 404.
     c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(tmp_path / "key.asc"), channel="beta",
                      base_url=site.url + "/{channel}/amd64-usr")
@@ -166,7 +166,7 @@ def test_wrong_channel_names_the_url_tried(tmp_path: Path, site: Site, keys: Key
 
 
 def test_pinned_version_missing_is_a_404(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys, version="1.2.3")
+    c = signed_cluster(tmp_path, site, keys, version="1.2.3")
     missing = r"/1\.2\.3/flatcar_production_qemu_image\.img\.sig: not found"
     with pytest.raises(DownloadError, match=missing) as err:
         ensure_image(c, FAST)
@@ -176,7 +176,7 @@ def test_pinned_version_missing_is_a_404(tmp_path: Path, site: Site, keys: Keys)
 
 def test_server_error_then_success_is_retried(tmp_path: Path, site: Site, keys: Keys,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     site.behaviour.fail_first[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [500, 503]
     ensure_image(c, FAST)
     assert cached_image(c.flatcar, VERSION).read_bytes() == IMAGE_DATA
@@ -185,7 +185,7 @@ def test_server_error_then_success_is_retried(tmp_path: Path, site: Site, keys: 
 
 
 def test_persistent_server_error_gives_up(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     site.behaviour.fail_first[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [500] * 10
     with pytest.raises(DownloadError, match=r"failed after 3 attempt\(s\): HTTP 500"):
         ensure_image(c, FAST)
@@ -194,7 +194,7 @@ def test_persistent_server_error_gives_up(tmp_path: Path, site: Site, keys: Keys
 
 
 def test_dropped_connection_resumes_with_range(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     site.behaviour.drop_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [1_000_000, 500_000]
     ensure_image(c, FAST)
     assert cached_image(c.flatcar, VERSION).read_bytes() == IMAGE_DATA
@@ -207,7 +207,7 @@ def test_dropped_connection_resumes_with_range(tmp_path: Path, site: Site, keys:
 def test_server_without_range_support_restarts_cleanly(
     tmp_path: Path, site: Site, keys: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     site.behaviour.range_support = False
     site.behaviour.drop_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [1_500_000]
     ensure_image(c, FAST)
@@ -216,7 +216,7 @@ def test_server_without_range_support_restarts_cleanly(
 
 
 def test_slow_server_hits_the_read_timeout(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     # Some bytes, then silence; then silence from the first byte: no progress, so it gives up.
     site.behaviour.stall_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [200_000] + [0] * FAST.attempts
     with pytest.raises(DownloadError, match=r"no data for 0\.3 s \(read timeout\)") as err:
@@ -232,7 +232,7 @@ def test_slow_server_hits_the_read_timeout(tmp_path: Path, site: Site, keys: Key
 
 
 def test_interrupted_run_is_resumed_by_the_next(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     site.behaviour.drop_after[f"{CHANNEL_ROOT}/{VERSION}/{IMAGE}"] = [700_000] * FAST.attempts
     # Every try is cut at byte 700000 of what it asks: progress, so it is never given up...
     ensure_image(c, FAST)
@@ -243,7 +243,7 @@ def test_interrupted_run_is_resumed_by_the_next(tmp_path: Path, site: Site, keys
 def test_stale_partial_file_from_another_release_gets_one_fresh_download(
     tmp_path: Path, site: Site, keys: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     vdir = version_dir(c.flatcar, VERSION)
     vdir.mkdir(parents=True)
     url = f"{site.url}{CHANNEL_ROOT}/{VERSION}/{IMAGE}"
@@ -258,7 +258,7 @@ def test_stale_partial_file_from_another_release_gets_one_fresh_download(
 def test_changed_cached_image_is_checked_again_without_download(
     tmp_path: Path, site: Site, keys: Keys
 ) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     ensure_image(c, FAST)
     image = cached_image(c.flatcar, VERSION)
     site.behaviour.requests.clear()
@@ -270,7 +270,7 @@ def test_changed_cached_image_is_checked_again_without_download(
 
 
 def test_corrupted_cached_image_never_stays_in_place(tmp_path: Path, site: Site, keys: Keys) -> None:
-    c = good_cluster(tmp_path, site, keys)
+    c = signed_cluster(tmp_path, site, keys)
     ensure_image(c, FAST)
     image = cached_image(c.flatcar, VERSION)
     data = bytearray(image.read_bytes())
@@ -285,7 +285,7 @@ def test_corrupted_cached_image_never_stays_in_place(tmp_path: Path, site: Site,
 def test_other_pin_sharing_the_cache_reverifies_without_download(
     tmp_path: Path, site: Site, keys: Keys
 ) -> None:
-    first = good_cluster(tmp_path, site, keys, name="one")
+    first = signed_cluster(tmp_path, site, keys, name="one")
     ensure_image(first, FAST)
     key_other = write_key(tmp_path, keys, keys.other, "other.asc")
     second = image_cluster(tmp_path, site.url, pin=keys.other, key=str(key_other), name="two")

@@ -52,6 +52,12 @@ class Keys:
         # A primary fingerprint lets gpg pick the key's signing subkey, as Flatcar's key does.
         return gpg(self.home, *fake, "--local-user", fpr, "--detach-sign", "--output", "-", input=data)
 
+    def image_signature(self, fpr: str) -> bytes:
+        """A signature of IMAGE_DATA by fpr, made while the key could sign (before it expired or was revoked)."""
+        if fpr == self.revoked:
+            return self.revoked_signature
+        return self.sign(fpr, IMAGE_DATA, faked_time=self.past + 3600 if fpr == self.expired else None)
+
 
 def gpg_missing() -> str | None:
     """Why the keys cannot be made here (a skip reason), or None."""
