@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from support.pki import SERVER, VIP, make_pki
+from support.configs import VIP
+from support.pki import SERVER, make_pki
 from tasks.errors import PkiError
 from tasks.pki import PKI_FILES, issue_certificate, node_files, read_secret
 from tasks.pki.crypto import discovery_hash

@@ -53,6 +53,7 @@ def small_nodes(workers: Sequence[str] = ("w1",)) -> list[dict[str, Any]]:
 
 
 def small_config(where: Path) -> dict[str, Any]:
+    """The small base as data (see the module docstring)."""
     return {
         "name": "t1",
         "nodes": small_nodes(),
@@ -64,6 +65,7 @@ def small_config(where: Path) -> dict[str, Any]:
 
 
 def project_config(where: Path) -> dict[str, Any]:
+    """config.yaml as data, building under `where` (its cache_dir stays the repository's)."""
     data: dict[str, Any] = yaml.safe_load(PROJECT_CONFIG.read_text())
     data["build_dir"] = str(where / "build")
     return data
@@ -103,6 +105,7 @@ def build_root(where: Path, name: str = "t1") -> Path:
 
 
 def dump_config(data: Mapping[str, Any]) -> str:
+    """YAML as config.yaml is written: block style, lists indented, one line per node."""
     nodes = data.get("nodes")
     if isinstance(nodes, list):
         data = {**data, "nodes": [_FlowMap(n) if isinstance(n, dict) else n for n in nodes]}

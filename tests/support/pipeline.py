@@ -57,8 +57,8 @@ def run_doit(
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     """proc, asserted to have exited 0 (the message holds the command and all it printed)."""
-    assert proc.returncode == 0, f"{' '.join(map(str, proc.args))} failed ({proc.returncode}):\n" \
-                                 f"{proc.stdout}\n{proc.stderr or ''}"
+    command = " ".join(map(str, proc.args))
+    assert proc.returncode == 0, f"{command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr or ''}"
     return proc
 
 

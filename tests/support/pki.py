@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.configs import VIP
 from tasks.pki import issue_certificate
 from tasks.pki.kubeconfig import write_admin_conf
 from tasks.pki.store import generate_pki
 
-VIP = "192.168.122.30"  # data only: nothing connects to it
-SERVER = f"https://{VIP}:6444"
+SERVER = f"https://{VIP}:6444"  # data only: nothing connects to the VIP
 
 
 def make_pki(where: Path, *, key_algorithm: str, validity_days: int, cluster_name: str) -> Path:
