@@ -114,6 +114,18 @@ def applied_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
 # --- policy --------------------------------------------------------------------------------------
 
+# Fixtures whose tests must share one pytest worker: the machine has one libvirtd, and a
+# session fixture per worker would make the workers take turns for their whole sessions.
+SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, group in SHARED_RESOURCE_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
