@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
+import os
+import stat
 from pathlib import Path
 
 from tasks.config.model import Cluster
 from tasks.config.reader import Reader
 from tasks.config.rules import read_cluster
+from tasks.config.yamlguard import MAX_BYTES
 from tasks.config.yamlsource import load_located, remember
 from tasks.errors import ConfigError, Problem
 from tasks.paths import PROJECT_ROOT
@@ -50,13 +54,49 @@ def load_config(path: Path, *, remember_valid: bool = False) -> Cluster:
     A remembered parse is used when there is one; remember_valid also writes one (loading the
     tasks must write nothing, so only a run that executes an action asks for it).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), [Problem("<file>", None, "file not found")],
-                          "pass an existing file: doit config=path/to/config.yaml ...") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [Problem("<file>", None, f"cannot be read: {exc}")]) from None
+    text = read_config_text(path)
     # Parsed YAML is remembered under the default cache folder (the config's own cache_dir is
     # not known before parsing).
     return parse_config(text, path.resolve(), YAML_CACHE, remember_valid=remember_valid)
+
+
+_NOT_A_FILE = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+# Byte order marks of encodings other than UTF-8 (longest first: UTF-32 LE starts like UTF-16 LE).
+_OTHER_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def read_config_text(path: Path) -> str:
+    """The config file's text: a regular file of at most MAX_BYTES, UTF-8 (a leading BOM is
+    dropped). Anything else is refused before it is read, so a FIFO never blocks, /dev/zero is
+    never read and a device is never even opened (opening some has effects of its own)."""
+    def refuse(message: str, hint: str = "pass a config file: doit config=path/to/config.yaml ...") -> ConfigError:
+        return ConfigError(str(path), [Problem("<file>", None, message)], hint)
+
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+        if kind != stat.S_IFREG:
+            raise refuse(f"is {_NOT_A_FILE.get(kind, 'not a regular file')}, not a config file")
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it still returns.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise refuse("file not found", "pass an existing file: doit config=path/to/config.yaml ...") from None
+    except OSError as exc:
+        raise refuse(f"cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise refuse("is not a regular file, not a config file")
+        data = handle.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise refuse(f"is larger than {MAX_BYTES // 1024} KiB; a config is a few KB: is this the right file?")
+    for bom, encoding in _OTHER_BOMS:
+        if data.startswith(bom):
+            raise refuse(f"is {encoding} text", "save it as UTF-8 (every editor can)")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        what = "binary data" if b"\0" in data else "not UTF-8 text"
+        raise ConfigError(str(path), [Problem("<file>", line, f"is {what}: byte {data[exc.start]:#04x} cannot be "
+                                              "read as UTF-8")], "save it as UTF-8 text") from None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.config.yamlguard import MAX_BYTES, MAX_DEPTH, Guard, Refused, construct_scalar, line_of
 from tasks.errors import Problem
 
 
@@ -35,13 +36,18 @@ def join(path: str, key: str | int) -> str:
 
 
 def _convert(node: Any, path: str, lines: dict[str, int], problems: list[Problem], construct: Any) -> Any:
+    """Plain data from a node tree the Guard accepted (bounded, acyclic, plain tags only)."""
     import yaml
 
-    lines[path] = node.start_mark.line + 1
+    lines[path] = line_of(node)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = construct(key_node)
+            try:
+                key = construct_scalar(key_node, construct)
+            except ValueError as exc:
+                problems.append(Problem(path or "<top>", line_of(key_node), f"a key {exc}"))
+                continue
             if not isinstance(key, str):
                 problems.append(
                     Problem(path or "<top>", key_node.start_mark.line + 1, f"key {key!r} is not a string")
@@ -58,28 +64,45 @@ def _convert(node: Any, path: str, lines: dict[str, int], problems: list[Problem
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, join(path, i), lines, problems, construct) for i, item in enumerate(node.value)]
-    return construct(node)
+    try:
+        return construct_scalar(node, construct)
+    except ValueError as exc:
+        problems.append(Problem(path or "<top>", line_of(node), str(exc)))
+        return None
 
 
 def parse_located(text: str) -> tuple[Located, list[Problem]]:
-    """Parse one YAML document; malformed YAML becomes a Problem, never an exception."""
+    """Parse one YAML document; malformed or hostile YAML becomes a Problem, never an exception
+    (and never a hang or a memory blow-up: see yamlguard.py)."""
     import yaml
 
     from tasks.yamlutil import compose
 
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
+        return Located(None), [Problem("<file>", None, f"is {size} bytes; a config is at most {MAX_BYTES // 1024} KiB "
+                                       "(the default one is about 6 KB): is this the right file?")]
     try:
-        root = compose(text)
+        root = compose(text.removeprefix("\ufeff"))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
         return Located(None), [Problem("<yaml>", line, f"malformed YAML: {exc.problem}")]
     except yaml.YAMLError as exc:
         return Located(None), [Problem("<yaml>", None, f"malformed YAML: {exc}")]
+    except RecursionError:  # the pure-Python composer on a very deep nesting (libyaml stops at 1000)
+        return Located(None), [Problem("<yaml>", None, f"malformed YAML: nested more than {MAX_DEPTH} levels deep")]
     if root is None:
         return Located(None), []
+    try:
+        refused = Guard().check(root)
+    except Refused as exc:
+        refused = [exc.problem]
+    if refused:
+        return Located(None), refused
     lines: dict[str, int] = {}
     problems: list[Problem] = []
-    data = _convert(root, "", lines, problems, yaml.constructor.SafeConstructor().construct_object)
+    data = _convert(root, "", lines, problems, yaml.constructor.SafeConstructor())
     return Located(data, lines), problems
 
 
@@ -94,7 +117,7 @@ def load_located(text: str, cache_dir: Path | None = None) -> tuple[Located, lis
     importing and running the YAML parser (a good part of a no-op build). Validation still
     runs on the result every time. `remember` writes an entry, once the config proved valid.
     """
-    if cache_dir is None:
+    if cache_dir is None or len(text) > MAX_BYTES:
         return parse_located(text)
     try:
         cached = json.loads(cache_entry(cache_dir, text).read_text(encoding="utf-8"))
