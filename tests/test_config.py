@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support.configs import PROJECT_CONFIG
+from support.configs import PROJECT_CONFIG, SSH_KEY
 from support.pipeline import run_doit
 from tasks.config import CONTROL_PLANE, load_config, parse_config, stable_mac
 from tasks.errors import ConfigError
@@ -133,6 +133,73 @@ BROKEN: list[tuple[str, Edit, str, str]] = [
     ("section-wrong-type", set_path("network", value=["vip"]), "network", "must be a mapping"),
     ("allow-even-type", set_path("allow_even_control_planes", value="sure"), "allow_even_control_planes",
      "true or false"),
+    # Addresses a host cannot have.
+    ("node-ip-zero", set_path("nodes", 0, "ip", value="0.0.0.0"), "nodes[0].ip", '"this network"'),
+    ("node-ip-loopback", set_path("nodes", 0, "ip", value="127.0.0.1"), "nodes[0].ip", "loopback"),
+    ("vip-link-local", set_path("network", "vip", value="169.254.1.1"), "network.vip", "link-local"),
+    ("gateway-reserved", set_path("network", "gateway", value="240.0.0.1"), "network.gateway", "reserved"),
+    ("dns-zero", set_path("network", "dns", value=["0.0.0.0"]), "network.dns[0]", "a DNS server"),
+    ("dns-loopback", set_path("network", "dns", value=["127.0.0.53"]), "network.dns[0]", "loopback"),
+    ("dns-empty-list", set_path("network", "dns", value=[]), "network.dns", "empty list"),
+    ("pod-subnet-multicast", set_path("kubernetes", "pod_subnet", value="224.0.0.0/8"), "kubernetes.pod_subnet",
+     "multicast"),
+    ("pod-subnet-too-small", set_path("kubernetes", "pod_subnet", value="10.244.0.0/25"), "kubernetes.pod_subnet",
+     "between /8 and /24"),
+    ("service-subnet-too-big", set_path("kubernetes", "service_subnet", value="10.0.0.0/8"),
+     "kubernetes.service_subnet", "between /12"),
+    ("interface-dots", set_path("network", "interface", value=".."), "network.interface", "interface name"),
+    # Ports taken on every control plane.
+    ("apiserver-port-etcd-peer", set_path("network", "apiserver_port", value=2380), "network.apiserver_port",
+     "etcd's peer port"),
+    ("apiserver-port-controller", set_path("network", "apiserver_port", value=10257), "network.apiserver_port",
+     "kube-controller-manager"),
+    ("apiserver-port-scheduler", set_path("network", "apiserver_port", value=10259), "network.apiserver_port",
+     "kube-scheduler"),
+    ("apiserver-port-cilium", set_path("network", "apiserver_port", value=4240), "network.apiserver_port",
+     "cilium-health"),
+    ("apiserver-port-nodeport", set_path("network", "apiserver_port", value=30443), "network.apiserver_port",
+     "NodePort range"),
+    ("apiserver-port-22", set_path("network", "apiserver_port", value=22), "network.apiserver_port", "privileged"),
+    # MACs.
+    ("mac-global", set_path("nodes", 0, "mac", value="00:1a:2b:3c:4d:5e"), "nodes[0].mac", "locally administered"),
+    ("mac-broadcast", set_path("nodes", 0, "mac", value="ff:ff:ff:ff:ff:ff"), "nodes[0].mac", "multicast"),
+    ("mac-explicit-is-derived", set_path("nodes", 3, "mac", value=stable_mac("ha", "node1-cp")), "nodes[3].mac",
+     "nodes[0] derives the same one"),
+    # SSH keys.
+    ("ssh-dsa", set_path("ssh_authorized_keys", value=["ssh-dss AAAAB3NzaC1kc3MAAACBAP"]), "ssh_authorized_keys[0]",
+     "DSA key"),
+    ("ssh-two-lines", set_path("ssh_authorized_keys", value=[f"{SSH_KEY}\n{SSH_KEY}"]), "ssh_authorized_keys[0]",
+     "line break"),
+    ("ssh-type-mismatch", set_path("ssh_authorized_keys", value=["ssh-rsa " + SSH_KEY.split()[1]]),
+     "ssh_authorized_keys[0]", "holds 'ssh-ed25519'"),
+    ("ssh-truncated", set_path("ssh_authorized_keys", value=[SSH_KEY[:50]]), "ssh_authorized_keys[0]", "damaged"),
+    ("ssh-options", set_path("ssh_authorized_keys", value=["no-pty " + SSH_KEY]), "ssh_authorized_keys[0]",
+     "options before the key"),
+    ("ssh-rfc4716", set_path("ssh_authorized_keys", value=["---- BEGIN SSH2 PUBLIC KEY ---- AAAA"]),
+     "ssh_authorized_keys[0]", "ssh-keygen -i"),
+    ("ssh-private-pem", set_path("ssh_authorized_keys", value=["-----BEGIN RSA PRIVATE KEY----- MIIE"]),
+     "ssh_authorized_keys[0]", "PRIVATE key (not shown here)"),
+    # Durations and bounds.
+    ("token-ttl-zero-hours", set_path("kubernetes", "token_ttl", value="0h"), "kubernetes.token_ttl", "write 0"),
+    ("token-ttl-minutes", set_path("kubernetes", "token_ttl", value="5m"), "kubernetes.token_ttl", "at least 1h"),
+    ("token-ttl-overflow", set_path("kubernetes", "token_ttl", value="3000000h"), "kubernetes.token_ttl",
+     "longer than kubeadm can read"),
+    ("memory-huge", set_path("vm", "memory_mib", value=10**15), "vm.memory_mib", "give at most 1048576"),
+    ("vcpus-huge", set_path("vm", "vcpus", value=256), "vm.vcpus", "give at most 255"),
+    ("disk-huge", set_path("vm", "disk_gib", value=10**9), "vm.disk_gib", "give at most 65536"),
+    ("node-memory-huge", set_path("nodes", 1, "vm", value={"memory_mib": 2**40}), "nodes[1].vm.memory_mib",
+     "too large"),
+    ("nine-control-planes", nodes(*((f"cp{i}", CP, f"192.168.122.{40 + i}") for i in range(9))), "nodes",
+     "at most 7"),
+    ("crio-minor-mismatch", set_path("kubernetes", "crio_version", value="v1.30.4"), "kubernetes.crio_version",
+     "use a v1.31.x release"),
+    ("signing-key-device", set_path("flatcar", "signing_key_url", value="/dev/zero"), "flatcar.signing_key_url",
+     "not a regular file"),
+    # Folders the pipeline would make its own.
+    ("build-dir-root", set_path("build_dir", value="/"), "build_dir", "/ is a system folder"),
+    ("build-dir-system-child", lambda d: d.update(build_dir="/var", name="lib"), "build_dir", "system folder"),
+    ("build-dir-in-shared", set_path("build_dir", value="/usr/local"), "build_dir", "system folder"),
+    ("cache-dir-etc", set_path("flatcar", "cache_dir", value="/etc"), "flatcar.cache_dir", "system folder"),
 ]
 
 

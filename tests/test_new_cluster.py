@@ -8,7 +8,7 @@ import json
 import stat
 from pathlib import Path
 
-from support.configs import write_config
+from support.configs import SSH_KEY, write_config
 from support.ignition import embedded
 from support.pipeline import ok, run_doit, run_tasks
 from tasks.config import load_config
@@ -89,7 +89,7 @@ def test_an_init_layer_change_rebuilds_only_the_init_layer_and_its_node(tmp_path
 def test_a_base_change_rebuilds_every_ignition_but_no_other_butane(tmp_path: Path) -> None:
     config = write_config(tmp_path, base="project")
     run_tasks(config, "new_cluster")
-    write_config(tmp_path, base="project", ssh_authorized_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB test@example"])
+    write_config(tmp_path, base="project", ssh_authorized_keys=[SSH_KEY])
     executed, _, output = run_tasks(config, "new_cluster")
     c = load_config(config)
     layers = ["00_base-k8s", "10_base-ha", "20_base-ha-cp", "30_base-ha-init", "31_base-ha-join-cp",

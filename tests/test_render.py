@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support.configs import project_cluster
+from support.configs import SSH_KEY, project_cluster
 from support.layers import inline_of
 from tasks.config import Cluster, fingerprint
 from tasks.plan.layers import CP, INIT, LAYERS, outputs, virtual_router_id
@@ -195,4 +195,4 @@ def test_each_context_holds_exactly_what_its_file_reads(tmp_path: Path) -> None:
     assert changed("c", {"kubernetes.cilium_version": "1.17.0"}) == {INIT}
     # A control plane's address is in haproxy (20), the init node's SANs, and every peer list.
     assert changed("d", {"nodes.2.ip": "192.168.122.98"}) == {CP, "node1-cp", "node2-cp", "node3-cp"}
-    assert changed("e", {"ssh_authorized_keys": ["ssh-ed25519 AAAA x"]}) == {"00_base-k8s"}
+    assert changed("e", {"ssh_authorized_keys": [SSH_KEY]}) == {"00_base-k8s"}

@@ -9,10 +9,15 @@ To add a validator: write a function here, name it in the setting's `check=(...)
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
 from typing import Any
 
+from tasks.config.kinds import Check
 from tasks.config.reader import describe
-from tasks.facts import APISERVER_PORT
+from tasks.config.sshkeys import public_key_problem
+from tasks.facts import APISERVER_PORT, NODE_PORTS, NODEPORT_RANGE, UNPRIVILEGED_PORTS
 
 
 def absolute_path(value: str) -> str | None:
@@ -20,15 +25,130 @@ def absolute_path(value: str) -> str | None:
 
 
 def openssh_public_key(key: str) -> str | None:
-    if not key.split(" ", 1)[0].startswith(("ssh-", "ecdsa-", "sk-")):
-        return "is not an OpenSSH public key (it should start with ssh-ed25519, ssh-rsa, ...)"
-    return None
+    return public_key_problem(key)
 
 
 def not_apiserver_port(port: int) -> str | None:
     if port == APISERVER_PORT:
         return (f"{APISERVER_PORT} is the kube-apiserver's own port on every control plane; the load balancer "
                 "needs another one (the article uses 6444)")
+    return None
+
+
+def at_most(limit: int, why: str) -> Check:
+    """A validator for an upper bound, saying why it is there."""
+    def check(value: int) -> str | None:
+        return f"{value} is too large: give at most {limit} ({why})" if value > limit else None
+
+    check.__name__ = f"at_most_{limit}"
+    return check
+
+
+def local_file(value: str) -> str | None:
+    """A key or file named by path: when it exists it must be a regular file (never a FIFO or device)."""
+    path = value.removeprefix("file://")
+    if path.startswith("/") and os.path.exists(path) and not os.path.isfile(path):
+        return f"{describe(value)} is not a regular file: name the key file itself"
+    return None
+
+
+def free_port(port: int) -> str | None:
+    """The load balancer listens on every control plane's host network: not where another does."""
+    if port in NODE_PORTS:
+        return f"{port} is {NODE_PORTS[port]} on every control plane; choose a free port such as 6444"
+    if port in NODEPORT_RANGE:
+        return (f"{port} is in the Service NodePort range ({NODEPORT_RANGE.start}-{NODEPORT_RANGE.stop - 1}), "
+                "which Cilium answers on every node first; choose a port such as 6444")
+    if port < UNPRIVILEGED_PORTS:
+        return (f"{port} is a privileged port: haproxy's image runs unprivileged (user haproxy) on the host "
+                f"network and cannot listen below {UNPRIVILEGED_PORTS}; choose a port such as 6444")
+    return None
+
+
+# Ranges no host address comes from (RFC 6890), and what to call them.
+SPECIAL_RANGES = tuple((ipaddress.IPv4Network(net), what) for net, what in (
+    ("0.0.0.0/8", '"this network" (0.0.0.0/8), never a host'),
+    ("127.0.0.0/8", "a loopback address"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved (240.0.0.0/4, with the broadcast 255.255.255.255)"),
+))
+
+
+def _special(ip: ipaddress.IPv4Address | ipaddress.IPv4Network, allowed: tuple[str, ...] = ()) -> str | None:
+    """What makes an address unusable for a host (or a subnet, when it overlaps such a range)."""
+    for net, what in SPECIAL_RANGES:
+        inside = ip.overlaps(net) if isinstance(ip, ipaddress.IPv4Network) else ip in net
+        if inside and str(net) not in allowed:
+            return what
+    return None
+
+
+def host_address(ip: ipaddress.IPv4Address) -> str | None:
+    """A node's, the VIP's or the gateway's address: ordinary unicast."""
+    what = _special(ip)
+    return f"{ip} is {what}: give an ordinary unicast address (like 192.168.122.31)" if what else None
+
+
+def name_server(ip: ipaddress.IPv4Address) -> str | None:
+    """A resolver may be link-local (a cloud's); not loopback: the node's own resolver forwards to it."""
+    what = _special(ip, allowed=("169.254.0.0/16",))
+    return f"{ip} is {what}: give the address of a DNS server" if what else None
+
+
+def pod_subnet(net: ipaddress.IPv4Network) -> str | None:
+    """kubeadm splits the pod subnet into one /24 per node, at most 2**16 of them."""
+    what = _special(net)
+    if what:
+        return f"{net} overlaps {what}: give a private range such as 10.244.0.0/16"
+    if not 8 <= net.prefixlen <= 24:
+        return (f"{net}: kubeadm gives each node a /24 of the pod subnet, so its prefix must be between /8 "
+                "and /24 (such as 10.244.0.0/16)")
+    return None
+
+
+def service_subnet(net: ipaddress.IPv4Network) -> str | None:
+    """kube-apiserver refuses a service range of more than 2**20 addresses."""
+    what = _special(net)
+    if what:
+        return f"{net} overlaps {what}: give a private range such as 10.96.0.0/12"
+    if net.prefixlen < 12 or net.prefixlen > 28:
+        return (f"{net}: kube-apiserver takes a service subnet between /12 (the largest it allows) and /28 "
+                "(such as 10.96.0.0/12)")
+    return None
+
+
+def unicast_mac(mac: str) -> str | None:
+    """A VM's MAC: one host's (unicast), locally administered, so it can never be a real NIC's."""
+    first = int(mac[:2], 16)
+    if first & 1:
+        return f"{mac} is a multicast MAC: give a unicast one, such as 52:54:00:12:34:56 (QEMU's range)"
+    if not first & 2:
+        return (f"{mac} is a globally administered MAC (a vendor's, possibly a real card's): give a locally "
+                "administered one, such as 52:54:00:12:34:56 (QEMU's range)")
+    return None
+
+
+# Go's time.Duration is int64 nanoseconds: kubeadm refuses more.
+GO_MAX_DURATION_S = (2**63 - 1) // 10**9
+MIN_TOKEN_TTL_S = 3600
+
+
+def duration_seconds(text: str) -> int:
+    """'1h30m' -> 5400 (text already matched the GO_DURATION pattern)."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([hms])", text))
+
+
+def token_lifetime(ttl: str) -> str | None:
+    seconds = duration_seconds(ttl)
+    if ttl != "0" and seconds == 0:
+        return f"{ttl!r} is zero: write 0 if the token should never expire, or a lifetime such as 720h"
+    if 0 < seconds < MIN_TOKEN_TTL_S:
+        return (f"{ttl!r} is shorter than an hour: the token would expire before the nodes booted after "
+                "the first one have joined; give at least 1h (720h is the default)")
+    if seconds > GO_MAX_DURATION_S:
+        return f"{ttl!r} is longer than kubeadm can read (about 2562047h); write 0 for a token that never expires"
     return None
 
 

@@ -17,12 +17,21 @@ from typing import Any
 
 from tasks.config.checks import (
     absolute_path,
+    at_most,
     fingerprint_text,
+    free_port,
+    host_address,
+    local_file,
     lower,
+    name_server,
     no_trailing_slash,
     not_apiserver_port,
     openssh_public_key,
+    pod_subnet,
+    service_subnet,
     strip,
+    token_lifetime,
+    unicast_mac,
 )
 from tasks.config.settings import derived, section, setting
 from tasks.facts import KEY_ALGORITHMS
@@ -52,11 +61,18 @@ def pinned_image(default: str, *, help: str) -> Any:
                    expect="an image with a pinned tag or digest (not :latest)", help=help)
 
 
+# Sanity bounds of a VM, far above any lab's and below what QEMU/KVM would refuse only at `doit ha`.
+MAX_MEMORY = at_most(1024 * 1024, "1 TiB: what QEMU's default 40-bit guest physical addresses reach")
+MAX_VCPUS = at_most(255, "QEMU needs an emulated IOMMU for more CPUs than the xAPIC's 255")
+MAX_DISK = at_most(64 * 1024, "64 TiB, far beyond any node's needs")
+
+
 @section
 class VmSpec:
-    memory_mib: int = setting(4096, minimum=256, help="memory of each VM, in MiB")
-    vcpus: int = setting(4, minimum=1, help="virtual CPUs of each VM")
-    disk_gib: int = setting(20, minimum=1, help="virtual size of each node's disk (Flatcar grows into it)")
+    memory_mib: int = setting(4096, minimum=256, check=(MAX_MEMORY,), help="memory of each VM, in MiB")
+    vcpus: int = setting(4, minimum=1, check=(MAX_VCPUS,), help="virtual CPUs of each VM")
+    disk_gib: int = setting(20, minimum=1, check=(MAX_DISK,),
+                            help="virtual size of each node's disk (Flatcar grows into it)")
     libvirt_uri: str = setting(
         "qemu:///system", pattern=r"[a-z0-9+]+://[^\s]*",
         expect="a libvirt URI such as qemu:///system or qemu+ssh://host/system",
@@ -83,8 +99,9 @@ class Node:
     name: str = setting("", required=True, pattern=DNS_LABEL, expect=RFC1123 + ", at most 63 characters",
                         help="hostname and Kubernetes node name")
     role: str = setting(WORKER, required=True, choices=ROLES, help="control-plane or worker")
-    ip: ipaddress.IPv4Address = setting("0.0.0.0", required=True, help="static address, inside network.vip/prefix")
-    mac: str = setting("", normalize=lower, pattern=r"[0-9a-f]{2}(:[0-9a-f]{2}){5}",
+    ip: ipaddress.IPv4Address = setting("0.0.0.0", required=True, check=(host_address,),
+                                        help="static address, inside network.vip/prefix")
+    mac: str = setting("", normalize=lower, pattern=r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", check=(unicast_mac,),
                        expect="a MAC address like 52:54:00:12:34:56",
                        help="the VM's MAC; default: derived from the cluster and node name")
     vm_name: str = derived(default="", help="the libvirt domain: <cluster>-<node>")
@@ -97,16 +114,18 @@ class Node:
 
 @section
 class Network:
-    vip: ipaddress.IPv4Address = setting("192.168.122.30", required=True,
+    vip: ipaddress.IPv4Address = setting("192.168.122.30", required=True, check=(host_address,),
                                          help="virtual IP held by keepalived; the cluster endpoint")
     prefix: int = setting(24, minimum=8, maximum=30, help="subnet length; nodes, VIP and gateway must lie in it")
-    gateway: ipaddress.IPv4Address = setting("192.168.122.1", required=True, help="the nodes' default gateway")
+    gateway: ipaddress.IPv4Address = setting("192.168.122.1", required=True, check=(host_address,),
+                                             help="the nodes' default gateway")
     dns: tuple[ipaddress.IPv4Address, ...] = setting(
-        single=True, default_from=lambda network: (network["gateway"],), help="name servers; default: the gateway",
+        single=True, check=(name_server,), default_from=lambda network: (network["gateway"],),
+        help="name servers; default: the gateway",
     )
-    apiserver_port: int = setting(6444, minimum=1, maximum=65535, check=(not_apiserver_port,),
+    apiserver_port: int = setting(6444, minimum=1, maximum=65535, check=(not_apiserver_port, free_port),
                                   help="haproxy's port on every control plane (kube-apiserver keeps 6443)")
-    interface: str = setting("eth0", pattern=r"[A-Za-z0-9_.-]{1,15}",
+    interface: str = setting("eth0", pattern=r"(?!\.\.?$)[A-Za-z0-9_.-]{1,15}",
                              expect="a Linux interface name (at most 15 characters)",
                              help="the nodes' interface name (keepalived binds it)")
 
@@ -127,7 +146,7 @@ class Flatcar:
     )
     signing_key_url: str = setting(
         "https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc",
-        pattern=URL + r"|/\S+", expect="an http(s):// or file:// URL, or an absolute path",
+        pattern=URL + r"|/\S+", expect="an http(s):// or file:// URL, or an absolute path", check=(local_file,),
         help="where the image signing key is fetched from",
     )
     signing_key_fingerprint: str = setting(
@@ -153,9 +172,10 @@ class Kubernetes:
                                       help="the Cilium CLI release")
     cilium_version: str = setting("1.16.6", pattern=r"\d+\.\d+\.\d+", expect="a version such as 1.16.6",
                                   help="the Cilium release the CLI installs")
-    pod_subnet: ipaddress.IPv4Network = setting("10.244.0.0/16", help="the pods' addresses")
-    service_subnet: ipaddress.IPv4Network = setting("10.96.0.0/12", help="the services' addresses")
-    token_ttl: str = setting("720h", pattern=GO_DURATION,
+    pod_subnet: ipaddress.IPv4Network = setting("10.244.0.0/16", check=(pod_subnet,), help="the pods' addresses")
+    service_subnet: ipaddress.IPv4Network = setting("10.96.0.0/12", check=(service_subnet,),
+                                                    help="the services' addresses")
+    token_ttl: str = setting("720h", pattern=GO_DURATION, check=(token_lifetime,),
                              expect="a duration such as 24h, 720h or 1h30m, or 0 for never",
                              help="how long the bootstrap token baked into every node's Ignition stays valid")
     ca_validity_days: int = setting(3650, minimum=365, maximum=36500, help="lifetime of the cluster CAs")

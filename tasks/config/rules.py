@@ -14,12 +14,17 @@ import ipaddress
 from pathlib import Path
 
 from tasks.config.model import CONTROL_PLANE, Cluster, Kubernetes, Network, Node, VmSpec, stable_mac
+from tasks.config.places import check_places
 from tasks.config.reader import Reader
 from tasks.config.settings import read_section, read_setting
 from tasks.config.yamlsource import join
 from tasks.paths import PROJECT_ROOT
 
 UNSET_IP = ipaddress.IPv4Address(0)  # what a node's missing or bad ip reads as
+# etcd's FAQ: "an etcd cluster probably should have no more than seven nodes"; it also keeps
+# keepalived's priorities (200 down to 194) and weights far inside their ranges.
+MAX_CONTROL_PLANES = 7
+MAX_NODES = 1000
 
 
 def read_cluster(r: Reader, data: dict[str, object], source: Path) -> Cluster:
@@ -30,15 +35,17 @@ def read_cluster(r: Reader, data: dict[str, object], source: Path) -> Cluster:
     _check_network(r, c.network)
     _check_nodes(r, c)
     _check_kubernetes(r, c.kubernetes, c.nodes)
+    nodes = tuple(dataclasses.replace(n, mac=n.mac or stable_mac(c.name, n.name), vm_name=f"{c.name}-{n.name}")
+                  for n in c.nodes)
+    _check_macs(r, c.nodes, nodes)
+    build_dir, cache_dir = _resolve(PROJECT_ROOT, c.build_dir) / c.name, _resolve(PROJECT_ROOT, c.flatcar.cache_dir)
+    check_places(r, build_dir, cache_dir, source)
     return dataclasses.replace(
         c,
-        nodes=tuple(
-            dataclasses.replace(n, mac=n.mac or stable_mac(c.name, n.name), vm_name=f"{c.name}-{n.name}")
-            for n in c.nodes
-        ),
-        flatcar=dataclasses.replace(c.flatcar, cache_dir=_resolve(PROJECT_ROOT, c.flatcar.cache_dir)),
+        nodes=nodes,
+        flatcar=dataclasses.replace(c.flatcar, cache_dir=cache_dir),
         butane=dataclasses.replace(c.butane, extra_layers=_find_layers(r, c.butane.extra_layers, source.parent)),
-        build_dir=_resolve(PROJECT_ROOT, c.build_dir) / c.name,
+        build_dir=build_dir,
     )
 
 
@@ -56,8 +63,9 @@ def _find_layers(r: Reader, layers: tuple[tuple[str, tuple[Path, ...]], ...], co
         for i, text in enumerate(entries):
             resolved = _resolve(config_dir, text)
             if text and not resolved.is_file():
+                what = "is not a regular file" if resolved.exists() else "not found"
                 r.problem(join(join("butane.extra_layers", role), i),
-                          f"Butane layer {str(text)!r} not found (looked at {resolved})")
+                          f"Butane layer {str(text)!r} {what} (looked at {resolved})")
             paths.append(resolved)
         found.append((role, tuple(paths)))
     return tuple(found)
@@ -71,13 +79,15 @@ def _check_network(r: Reader, network: Network) -> None:
         r.problem("network.vip", f"{vip} is also the gateway")
     if vip in (subnet.network_address, subnet.broadcast_address):
         r.problem("network.vip", f"{vip} is the network or broadcast address of {subnet}")
+    if not network.dns and r.clean("network.dns"):
+        r.problem("network.dns", "is an empty list: the nodes could not resolve any name (image registries, "
+                  "downloads); list name servers, or remove the key for the default (the gateway)")
 
 
 def _check_nodes(r: Reader, c: Cluster) -> None:
     network, subnet = c.network, c.network.subnet
     seen_names: dict[str, str] = {}
     seen_ips: dict[ipaddress.IPv4Address, str] = {}
-    seen_macs: dict[str, str] = {}
     for i, node in enumerate(c.nodes):
         path = join("nodes", i)
         if node.name and node.name in seen_names:
@@ -97,11 +107,26 @@ def _check_nodes(r: Reader, c: Cluster) -> None:
             r.problem(at, f"{node.ip} is the VIP (network.vip); give the node its own address")
         if node.ip == network.gateway:
             r.problem(at, f"{node.ip} is the gateway (network.gateway)")
-        if node.mac:
-            if node.mac in seen_macs:
-                r.problem(join(path, "mac"), f"duplicate MAC {node.mac} (also {seen_macs[node.mac]})")
-            seen_macs.setdefault(node.mac, path)
     _check_control_planes(r, c.nodes, c.allow_even_control_planes)
+
+
+def _check_macs(r: Reader, given: tuple[Node, ...], final: tuple[Node, ...]) -> None:
+    """Every VM's MAC differs, whether given (nodes[].mac) or derived from the cluster and node name."""
+    seen: dict[str, int] = {}
+    for i, (node, done) in enumerate(zip(given, final, strict=True)):
+        first = seen.setdefault(done.mac, i)
+        if first == i or not r.clean(join(join("nodes", i), "mac")):
+            continue
+        other = join("nodes", first)
+        if node.mac and given[first].mac:
+            r.problem(join(join("nodes", i), "mac"), f"duplicate MAC {node.mac} (also {other})")
+        elif node.mac:
+            r.problem(join(join("nodes", i), "mac"), f"duplicate MAC {node.mac}: {other} derives the same one "
+                      "from the cluster and node name; choose another")
+        else:
+            at = join(join("nodes", i), "name")
+            r.problem(at, f"duplicate MAC {done.mac}: derived from this node's name, it is also {other}'s; "
+                      "give one of them its own mac")
 
 
 def _check_control_planes(r: Reader, nodes: tuple[Node, ...], allow_even: bool) -> None:
@@ -109,7 +134,13 @@ def _check_control_planes(r: Reader, nodes: tuple[Node, ...], allow_even: bool) 
     if not all(r.clean(entry) and r.clean(join(entry, "role")) for entry in entries):
         return  # a node whose role is unknown cannot be counted
     control_planes = sum(1 for n in nodes if n.role == CONTROL_PLANE)
-    if not nodes:
+    if len(nodes) > MAX_NODES:
+        r.problem("nodes", f"{len(nodes)} nodes: this pipeline builds at most {MAX_NODES} (Kubernetes itself "
+                  "is tested up to 5000); split them into several clusters")
+    if control_planes > MAX_CONTROL_PLANES:
+        r.problem("nodes", f"{control_planes} control planes: etcd runs on each, and etcd recommends at most "
+                  f"{MAX_CONTROL_PLANES} members (every write waits for a majority); make the others workers")
+    elif not nodes:
         if r.clean("nodes"):  # absent, empty or not a list is reported already
             r.problem("nodes", "no nodes: list at least one control-plane node")
     elif control_planes == 0:
@@ -124,6 +155,10 @@ def _check_control_planes(r: Reader, nodes: tuple[Node, ...], allow_even: bool) 
 
 
 def _check_kubernetes(r: Reader, k8s: Kubernetes, nodes: tuple[Node, ...]) -> None:
+    crio = ".".join(k8s.crio_version.split(".")[:2])
+    if r.clean("kubernetes.version") and r.clean("kubernetes.crio_version") and crio != k8s.minor:
+        r.problem("kubernetes.crio_version", f"{k8s.crio_version} does not match kubernetes.version {k8s.version}: "
+                  f"CRI-O {crio} serves Kubernetes {crio} only; use a {k8s.minor}.x release")
     if k8s.pod_subnet.overlaps(k8s.service_subnet):
         r.problem("kubernetes.service_subnet", f"{k8s.service_subnet} overlaps the pod subnet {k8s.pod_subnet}")
     for i, node in enumerate(nodes):

@@ -31,6 +31,8 @@ from tasks.paths import PROJECT_ROOT
 
 PROJECT_CONFIG = PROJECT_ROOT / "config.yaml"
 VIP = "192.168.122.30"
+# A real OpenSSH public key (from Butane's test vectors): the config parses keys as sshd does.
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJJ8Tv/9Csjc5F2jq0O9rZSnPVX6hkdkkT28jxd0FAXP admin@lab.example"
 
 
 def node(name: str, role: str, ip: str, **extra: Any) -> dict[str, Any]:
