@@ -96,7 +96,9 @@ def test_api_version_follows_the_kubernetes_version() -> None:
 def test_every_node_kubeadm_config_matches_the_schema(
     tmp_path: Path, version: str, control_planes: int, workers: int
 ) -> None:
-    c = project_cluster(tmp_path, control_planes, workers, **{"kubernetes.version": version})
+    # CRI-O serves its own Kubernetes minor only: the two versions move together.
+    c = project_cluster(tmp_path, control_planes, workers,
+                        **{"kubernetes.version": version, "kubernetes.crio_version": version})
     texts = render_layers(c)
     api = api_version(version)
     for node in c.nodes:
