@@ -34,7 +34,7 @@ def read_cluster(r: Reader, data: dict[str, object], source: Path) -> Cluster:
     c = read_section(r, Cluster, "", data, given={"vm": vm, "source": source}, inherit={VmSpec: vm})
     _check_network(r, c.network)
     _check_nodes(r, c)
-    _check_kubernetes(r, c.kubernetes, c.nodes)
+    _check_kubernetes(r, c.kubernetes, c.nodes, c.network)
     nodes = tuple(dataclasses.replace(n, mac=n.mac or stable_mac(c.name, n.name), vm_name=f"{c.name}-{n.name}")
                   for n in c.nodes)
     _check_macs(r, c.nodes, nodes)
@@ -154,13 +154,30 @@ def _check_control_planes(r: Reader, nodes: tuple[Node, ...], allow_even: bool) 
         )
 
 
-def _check_kubernetes(r: Reader, k8s: Kubernetes, nodes: tuple[Node, ...]) -> None:
+def _check_kubernetes(r: Reader, k8s: Kubernetes, nodes: tuple[Node, ...], network: Network) -> None:
     crio = ".".join(k8s.crio_version.split(".")[:2])
     if r.clean("kubernetes.version") and r.clean("kubernetes.crio_version") and crio != k8s.minor:
         r.problem("kubernetes.crio_version", f"{k8s.crio_version} does not match kubernetes.version {k8s.version}: "
                   f"CRI-O {crio} serves Kubernetes {crio} only; use a {k8s.minor}.x release")
-    if k8s.pod_subnet.overlaps(k8s.service_subnet):
-        r.problem("kubernetes.service_subnet", f"{k8s.service_subnet} overlaps the pod subnet {k8s.pod_subnet}")
+    if _subnets_overlap(r, k8s, network):
+        return  # a node address inside the pod or service subnet is then explained already
     for i, node in enumerate(nodes):
         if node.ip in k8s.pod_subnet or node.ip in k8s.service_subnet:
             r.problem(join(join("nodes", i), "ip"), f"{node.ip} lies inside the pod or service subnet")
+
+
+def _subnets_overlap(r: Reader, k8s: Kubernetes, network: Network) -> bool:
+    """Pods, services and nodes each need their own addresses: a Service IP that is also a pod's, or
+    a pod range covering the LAN, sends traffic to the wrong place. Reported at the Kubernetes key
+    (the one to move), naming the other key too."""
+    pods = ("kubernetes.pod_subnet", k8s.pod_subnet, r.clean("kubernetes.pod_subnet"))
+    services = ("kubernetes.service_subnet", k8s.service_subnet, r.clean("kubernetes.service_subnet"))
+    hosts = ("network.vip/prefix (the nodes' subnet)", network.subnet,
+             r.clean("network.vip") and r.clean("network.prefix"))
+    found = False
+    for (key, subnet, clean), (other_key, other, other_clean) in ((services, pods), (pods, hosts), (services, hosts)):
+        if clean and other_clean and subnet.overlaps(other):
+            r.problem(key, f"{subnet} overlaps {other_key} {other}: pods, services and nodes need separate "
+                           "address ranges")
+            found = True
+    return found
