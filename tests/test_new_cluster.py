@@ -78,12 +78,14 @@ def test_one_worker_ip_rebuilds_exactly_that_worker(tmp_path: Path) -> None:
     assert executed == set(), output
 
 
-def test_an_init_layer_change_rebuilds_only_the_init_layer_and_its_node(tmp_path: Path) -> None:
+def test_a_control_plane_layer_change_rebuilds_only_that_layer_and_the_control_planes(tmp_path: Path) -> None:
     config = write_config(tmp_path, base="project")
     run_tasks(config, "new_cluster")
     write_config(tmp_path, base="project", **{"kubernetes.cilium_version": "1.17.1"})
     executed, _, output = run_tasks(config, "new_cluster")
-    assert executed == {"render:30_base-ha-init", "translate:30_base-ha-init", "translate:node1-cp"}, output
+    translated = {f"translate:{n}" for n in ("20_base-ha-cp", "30_base-ha-init", "31_base-ha-join-cp",
+                                             "node1-cp", "node2-cp", "node3-cp")}
+    assert executed == {"render:20_base-ha-cp"} | translated, output
 
 
 def test_a_base_change_rebuilds_every_ignition_but_no_other_butane(tmp_path: Path) -> None:

@@ -199,8 +199,22 @@ def test_workers_get_no_private_key_and_no_load_balancer(applied_cluster: Applie
         for path in node_files(root):
             assert b"PRIVATE KEY" not in path.read_bytes(), f"worker {node.name} got a private key: {path}"
         for absent in ("etc/keepalived", "etc/haproxy", "etc/containers/systemd/keepalived.container",
-                       "etc/containers/systemd/haproxy.container"):
+                       "etc/containers/systemd/haproxy.container", "opt/cilium", "opt/bin/flatcar-ha-kubeadm",
+                       "etc/kubernetes/kubeadm/init.yaml", "etc/kubernetes/kubeadm/bootstrap.env"):
             assert not (root / absent).exists(), f"worker {node.name} received {absent}"
+
+
+def test_every_control_plane_can_bootstrap_and_only_the_first_may_init(applied_cluster: AppliedCluster) -> None:
+    c = applied_cluster.cluster
+    for node in c.control_planes:
+        root = applied_cluster.root(node)
+        for script in ("flatcar-ha-kubeadm", "flatcar-ha-cilium", "flatcar-ha-coredns"):
+            assert mode(root / "opt/bin" / script) == 0o755, f"{node.name}: {script}"
+        assert (root / "opt/cilium/cilium-linux-amd64.tar.gz").is_file(), f"{node.name}: no Cilium CLI"
+        assert (root / "etc/kubernetes/kubeadm/join.yaml").is_file(), f"{node.name}: cannot join"
+        assert (root / "etc/kubernetes/kubeadm/init.yaml").is_file() == (node is c.init_node), node.name
+        unit = (root / "etc/systemd/system/kubeadm.service").read_text()
+        assert f"MAY_INIT={'yes' if node is c.init_node else 'no'}" in unit, f"{node.name}: {unit}"
 
 
 def test_join_secrets_are_private_and_consistent(applied_cluster: AppliedCluster) -> None:

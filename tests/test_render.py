@@ -12,7 +12,7 @@ import yaml
 from support.configs import SSH_KEY, project_cluster
 from support.layers import inline_of
 from tasks.config import Cluster, fingerprint
-from tasks.plan.layers import CP, INIT, LAYERS, outputs, virtual_router_id
+from tasks.plan.layers import CP, INIT, JOIN, JOIN_CP, LAYERS, outputs, virtual_router_id
 from tasks.plan.templates import check_references, render_layers, render_output
 
 SIZES = [(1, 0), (1, 2), (3, 0), (3, 2), (5, 20)]
@@ -166,14 +166,39 @@ def test_network_matches_the_vm_mac(tmp_path: Path) -> None:
         assert "Name=ens3" in inline_of(text, "/etc/systemd/network/00-ens3.link")
 
 
-def test_cilium_is_installed_once_on_the_init_node_only(tmp_path: Path) -> None:
+def units_of(butane: str) -> dict[str, str]:
+    return {u["name"]: u.get("contents", "") for u in yaml.safe_load(butane).get("systemd", {}).get("units", [])}
+
+
+def test_every_control_plane_has_the_bootstrap_steps_and_only_the_first_may_init(tmp_path: Path) -> None:
     c = project_cluster(tmp_path, 3, 2, **{"network.apiserver_port": 7443})
     texts = render_layers(c)
-    units = {u["name"]: u for u in yaml.safe_load(texts[INIT])["systemd"]["units"]}
-    start = units["cilium-install.service"]["contents"]
-    assert f"k8sServiceHost={c.network.vip} " in start and "k8sServicePort=7443" in start
-    assert "kubeProxyReplacement=true" in start and "ConditionPathExists=!" in start
-    assert sum("cilium" in t for t in texts.values()) == 1
+    steps = units_of(texts[CP])
+    assert {"cilium-install.path", "cilium-install.service", "coredns-spread.path", "coredns-spread.service"} <= set(
+        steps)
+    cilium = inline_of(texts[CP], "/opt/bin/flatcar-ha-cilium")
+    for option in ("kubeProxyReplacement=true", f"k8sServiceHost={c.network.vip}", "k8sServicePort=7443",
+                   "ipam.mode=kubernetes"):
+        assert f"--set {option}" in cilium
+    # The Cilium step is started by its path unit on kubeadm's marker, never Requires= a retried unit.
+    assert "PathExists=/var/lib/flatcar-ha/kubeadm.done" in steps["cilium-install.path"]
+    assert "ConditionPathExists=!/var/lib/flatcar-ha/cilium.done" in steps["cilium-install.path"]
+    every = "\n".join(text for t in texts.values() for text in units_of(t).values())
+    assert "Requires=" not in every and "RestartMode" not in every
+    init, join = units_of(texts[INIT])["kubeadm.service"], units_of(texts[JOIN_CP])["kubeadm.service"]
+    assert "MAY_INIT=yes" in init and "MAY_INIT=no" in join
+    assert "cilium" not in texts[JOIN] and "MAY_INIT" not in texts[JOIN]
+    for node in c.control_planes:
+        env = inline_of(texts[node.name], "/etc/kubernetes/kubeadm/bootstrap.env")
+        peers = [f"{n.ip}:6443" for n in c.control_planes if n is not node]
+        assert f'CLUSTER_ENDPOINTS="{c.endpoint} {" ".join(peers)}"' in env
+
+
+def test_every_quadlet_unit_allows_an_image_pull_on_a_slow_link(tmp_path: Path) -> None:
+    text = render_layers(project_cluster(tmp_path))[CP]
+    for name in ("keepalived", "haproxy"):
+        service = inline_of(text, f"/etc/containers/systemd/{name}.container").split("[Service]", 1)[1]
+        assert re.search(r"^TimeoutStartSec=15min$", service, re.MULTILINE), service
 
 
 def changed_outputs(before: Cluster, after: Cluster) -> set[str]:
@@ -192,7 +217,7 @@ def test_each_context_holds_exactly_what_its_file_reads(tmp_path: Path) -> None:
         return changed_outputs(base, project_cluster(tmp_path / name, **changes))
 
     assert changed("b", {"nodes.4.ip": "192.168.122.99"}) == {"node5-worker"}
-    assert changed("c", {"kubernetes.cilium_version": "1.17.0"}) == {INIT}
+    assert changed("c", {"kubernetes.cilium_version": "1.17.0"}) == {CP}
     # A control plane's address is in haproxy (20), the init node's SANs, and every peer list.
     assert changed("d", {"nodes.2.ip": "192.168.122.98"}) == {CP, "node1-cp", "node2-cp", "node3-cp"}
     assert changed("e", {"ssh_authorized_keys": [SSH_KEY]}) == {"00_base-k8s"}

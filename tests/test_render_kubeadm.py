@@ -77,9 +77,9 @@ def validate(doc: dict[str, Any]) -> None:
     jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())
 
 
-def node_documents(text: str, node: str, init: bool) -> list[dict[str, Any]]:
-    """The file as the node will have it: rendered contents + the appended fragment."""
-    body = inline_of(text, "/etc/kubernetes/kubeadm/kubeadm.yaml")
+def node_documents(text: str, init: bool) -> list[dict[str, Any]]:
+    """A kubeadm config as the node will have it: rendered contents + the appended fragment."""
+    body = inline_of(text, f"/etc/kubernetes/kubeadm/{'init' if init else 'join'}.yaml")
     fragment = init_token_fragment(TOKEN) if init else join_discovery_fragment(TOKEN, CA_HASH)
     assert f"local: secrets/kubeadm-{'init-token' if init else 'join-discovery'}.yaml" in text
     return list(yaml.safe_load_all(body + fragment))
@@ -102,40 +102,47 @@ def test_every_node_kubeadm_config_matches_the_schema(
     texts = render_layers(c)
     api = api_version(version)
     for node in c.nodes:
-        init = node is c.init_node
-        docs = node_documents(texts[node.name], node.name, init)
-        for doc in docs:
-            validate(doc)
-        kinds = [d["kind"] for d in docs]
-        if init:
-            assert kinds == ["ClusterConfiguration", "InitConfiguration"]
-            cluster, first = docs
-            assert cluster["controlPlaneEndpoint"] == f"{c.network.vip}:{c.network.apiserver_port}"
-            sans = cluster["apiServer"]["certSANs"]
-            assert set(sans) == {str(c.network.vip), *(str(n.ip) for n in c.control_planes),
-                                 *(n.name for n in c.control_planes)}
-            assert first["bootstrapTokens"][0] == {
-                "groups": ["system:bootstrappers:kubeadm:default-node-token"], "ttl": "720h",
-                "usages": ["signing", "authentication"], "token": TOKEN}
-            registration = first["nodeRegistration"]
-        else:
-            assert kinds == ["JoinConfiguration"]
-            (join,) = docs
-            assert ("controlPlane" in join) == node.is_control_plane
-            assert join["discovery"]["bootstrapToken"] == {
-                "apiServerEndpoint": c.endpoint, "token": TOKEN, "caCertHashes": [CA_HASH]}
-            registration = join["nodeRegistration"]
-        assert all(d["apiVersion"] == api for d in docs)
-        args = registration["kubeletExtraArgs"]
-        named = args if isinstance(args, dict) else {a["name"]: a["value"] for a in args}
-        node_ip = named["node-ip"]
-        assert (registration["name"], node_ip) == (node.name, str(node.ip))
+        # Every node can join; the first control plane can also init (it decides at boot).
+        configs = [True, False] if node is c.init_node else [False]
+        registrations = []
+        for init in configs:
+            docs = node_documents(texts[node.name], init)
+            for doc in docs:
+                validate(doc)
+            assert all(d["apiVersion"] == api for d in docs)
+            kinds = [d["kind"] for d in docs]
+            if init:
+                assert kinds == ["ClusterConfiguration", "InitConfiguration"]
+                cluster, first = docs
+                assert cluster["controlPlaneEndpoint"] == f"{c.network.vip}:{c.network.apiserver_port}"
+                assert cluster["networking"] == {"podSubnet": str(c.kubernetes.pod_subnet),
+                                                 "serviceSubnet": str(c.kubernetes.service_subnet)}
+                sans = cluster["apiServer"]["certSANs"]
+                assert set(sans) == {str(c.network.vip), *(str(n.ip) for n in c.control_planes),
+                                     *(n.name for n in c.control_planes)}
+                assert first["bootstrapTokens"][0] == {
+                    "groups": ["system:bootstrappers:kubeadm:default-node-token"], "ttl": "720h",
+                    "usages": ["signing", "authentication"], "token": TOKEN}
+                registrations.append(first["nodeRegistration"])
+            else:
+                assert kinds == ["JoinConfiguration"]
+                (join,) = docs
+                assert ("controlPlane" in join) == node.is_control_plane
+                assert join["discovery"]["bootstrapToken"] == {
+                    "apiServerEndpoint": c.endpoint, "token": TOKEN, "caCertHashes": [CA_HASH]}
+                registrations.append(join["nodeRegistration"])
+        for registration in registrations:
+            args = registration["kubeletExtraArgs"]
+            named = args if isinstance(args, dict) else {a["name"]: a["value"] for a in args}
+            assert (registration["name"], named["node-ip"]) == (node.name, str(node.ip))
+        if not node.is_control_plane:
+            assert "/etc/kubernetes/kubeadm/init.yaml" not in texts[node.name]
 
 
 def test_schema_rejects_unknown_and_misplaced_fields(tmp_path: Path) -> None:
     c = project_cluster(tmp_path, 1, 1)
     texts = render_layers(c)
-    (join,) = node_documents(texts["node2-worker"], "node2-worker", False)
+    (join,) = node_documents(texts["node2-worker"], False)
     validate(join)
     unknown = copy.deepcopy(join)
     unknown["discovery"]["bootstrapToken"]["unsafeSkipCAVerification"] = True
@@ -150,5 +157,6 @@ def test_schema_rejects_unknown_and_misplaced_fields(tmp_path: Path) -> None:
 def test_token_ttl_from_config(tmp_path: Path) -> None:
     c = project_cluster(tmp_path, 1, 0, **{"kubernetes.token_ttl": "0"})
     out = next(o for o in outputs(c) if o.name == "node1-cp")
-    docs = node_documents(render_layers(c)["node1-cp"], "node1-cp", True)
-    assert docs[1]["bootstrapTokens"][0]["ttl"] == "0" == out.context["kubeadm"]["token_ttl"]
+    docs = node_documents(render_layers(c)["node1-cp"], True)
+    init_inputs = next(f["inputs"] for f in out.context["kubeadm_files"] if f["inputs"]["init"])
+    assert docs[1]["bootstrapTokens"][0]["ttl"] == "0" == init_inputs["token_ttl"]

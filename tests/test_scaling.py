@@ -22,7 +22,7 @@ from tasks.paths import Build
 def join_discovery(ign: Path) -> str:
     """The kubeadm join token and CA hash a node's Ignition appends to its kubeadm config."""
     files = json.loads(ign.read_text())["storage"]["files"]
-    kubeadm = next(f for f in files if f["path"] == "/etc/kubernetes/kubeadm/kubeadm.yaml")
+    kubeadm = next(f for f in files if f["path"] == "/etc/kubernetes/kubeadm/join.yaml")
     [fragment] = kubeadm["append"]
     assert fragment["source"].startswith("data:,")
     return urllib.parse.unquote(fragment["source"].removeprefix("data:,"))

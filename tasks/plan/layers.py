@@ -31,10 +31,31 @@ LAYERS = (BASE, HA, CP, INIT, JOIN_CP, JOIN)
 NODE_TEMPLATE = "node"
 EXTRA_PREFIX = "extra_"  # '_' cannot occur in a node name (a DNS label): no clash
 
-# The `kubeadm reset` before a retried init/join empties /etc/kubernetes/pki, where Ignition
-# puts the CAs: the unit keeps a private copy here before its first attempt.
-KEEP_PKI = "/var/lib/flatcar-ha/pki"
-KUBEADM_CONFIG = "/etc/kubernetes/kubeadm/kubeadm.yaml"
+# Where a node records its bootstrap: one marker per step (kubeadm.done, cilium.done, ...) that
+# keeps the step from running again, and the `kubeadm reset`-proof copy of the CAs (reset empties
+# /etc/kubernetes/pki, where Ignition puts them).
+STATE_NAME = "flatcar-ha"  # systemd's StateDirectory=, under /var/lib
+STATE_DIR = f"/var/lib/{STATE_NAME}"
+KEEP_PKI = f"{STATE_DIR}/pki"
+KUBEADM_DIR = "/etc/kubernetes/kubeadm"
+# Every node has join.yaml; the designated first control plane also has init.yaml.
+KUBEADM_CONFIGS = {"init": f"{KUBEADM_DIR}/init.yaml", "join": f"{KUBEADM_DIR}/join.yaml"}
+# Per control plane: its node name and where its cluster would answer (flatcar-ha-kubeadm).
+BOOTSTRAP_ENV = f"{KUBEADM_DIR}/bootstrap.env"
+# A failed bootstrap step is retried after this long, for as long as it takes.
+RESTART_SEC = 30
+# The first control plane inits only after nothing answered this many probe rounds in a row, this
+# many seconds apart: a network still coming up must not look like "no cluster anywhere".
+PROBE_ROUNDS = 3
+PROBE_INTERVAL_S = 5
+# systemd's default (90 s) counts an image pull against a Quadlet unit's start: on a slow link
+# keepalived and haproxy would time out and restart in a loop.
+CONTAINER_START_TIMEOUT = "15min"
+# Cilium's IPAM: Kubernetes host-scope. kubeadm gives the controller manager kubernetes.pod_subnet
+# (ClusterConfiguration.networking.podSubnet), which allocates each Node its spec.podCIDR, and
+# Cilium uses exactly that: one allocator, visible on the Node objects. (Cilium's default,
+# cluster-pool, would allocate from its own 10.0.0.0/8 instead, over the service subnet.)
+CILIUM_IPAM = "kubernetes"
 
 # Private fragments appended to node files by Ignition (written by `doit secrets`).
 INIT_TOKEN_FRAGMENT = "secrets/kubeadm-init-token.yaml"
@@ -127,31 +148,55 @@ def _control_plane_layer(c: Cluster) -> Output:
     ]
     sysexts = list(c.kubernetes.official_sysexts)
     out = _merging(
-        CP, HA, "Render the control-plane layer: CA files, keepalived and haproxy (Quadlet)",
+        CP, HA, "Render the control-plane layer: CA files, keepalived and haproxy (Quadlet), Cilium and CoreDNS",
         pki=pki,
         apiserver_port=c.network.apiserver_port,
         control_planes=[{"name": n.name, "ip": str(n.ip)} for n in c.control_planes],
         apiserver_local_port=APISERVER_PORT,
         keepalived_image=c.load_balancer.keepalived_image,
         haproxy_image=c.load_balancer.haproxy_image,
+        container_start_timeout=CONTAINER_START_TIMEOUT,
+        b=_control_plane_steps(c),
         # Quadlet needs Flatcar's podman sysext: add it on control planes if config omits it.
         enabled_sysexts=None if "podman" in sysexts else [*sysexts, "podman"],
     )
     return Output(out.name, out.template, out.context, out.doc, out.refs + tuple(p["local"] for p in pki))
 
 
-def _init_layer(c: Cluster) -> Output:
+def _cilium_options(c: Cluster) -> list[str]:
+    """The Helm values of Cilium, the same for install and repair (its IPAM mode never changes)."""
+    return [
+        "kubeProxyReplacement=true",
+        f"k8sServiceHost={c.network.vip}",
+        f"k8sServicePort={c.network.apiserver_port}",
+        f"ipam.mode={CILIUM_IPAM}",
+    ]
+
+
+def _bootstrap() -> dict[str, Any]:
+    """What every node's bootstrap units read: where they keep state, how they retry."""
+    return {"state_name": STATE_NAME, "state_dir": STATE_DIR, "restart_sec": RESTART_SEC, "cri_socket": CRI_SOCKET}
+
+
+def _control_plane_steps(c: Cluster) -> dict[str, Any]:
+    """Layer 20's part of the bootstrap: the scripts, and the Cilium and CoreDNS steps."""
     k = c.kubernetes
-    return _merging(
-        INIT, CP, "Render the init layer: kubeadm init, then Cilium once",
-        cilium_cli=_download(c, "cilium_cli", CILIUM_CLI_URL.format(version=k.cilium_cli_version)),
-        cilium_version=k.cilium_version,
-        vip=str(c.network.vip),
-        apiserver_port=c.network.apiserver_port,
-        kubeadm_config=KUBEADM_CONFIG,
-        keep_pki=KEEP_PKI,
-        cri_socket=CRI_SOCKET,
-    )
+    return {
+        **_bootstrap(),
+        "keep_pki": KEEP_PKI,
+        "kubeadm_dir": KUBEADM_DIR,
+        "bootstrap_env": BOOTSTRAP_ENV,
+        "cilium_cli": _download(c, "cilium_cli", CILIUM_CLI_URL.format(version=k.cilium_cli_version)),
+        "cilium_version": k.cilium_version,
+        "cilium_options": _cilium_options(c),
+    }
+
+
+def _control_plane_role(name: str, doc: str) -> Output:
+    """Layer 30 or 31: kubeadm.service (the template says whether it may init)."""
+    b = {**_bootstrap(), "bootstrap_env": BOOTSTRAP_ENV, "probe_rounds": PROBE_ROUNDS,
+         "probe_interval": PROBE_INTERVAL_S}
+    return _merging(name, CP, doc, b=b)
 
 
 def _keepalived(c: Cluster, node: Node) -> dict[str, Any]:
@@ -177,16 +222,16 @@ def virtual_router_id(cluster_name: str) -> int:
     return int.from_bytes(hashlib.sha256(cluster_name.encode()).digest()[:4], "big") % 255 + 1
 
 
-def _kubeadm_inputs(c: Cluster, node: Node) -> dict[str, Any]:
+def _kubeadm_inputs(c: Cluster, node: Node, init: bool) -> dict[str, Any]:
     inputs: dict[str, Any] = {
-        "init": node is c.init_node,
+        "init": init,
         "control_plane": node.is_control_plane,
         "kubernetes_version": c.kubernetes.version,
         "endpoint": c.endpoint,
         "node_name": node.name,
         "node_ip": str(node.ip),
     }
-    if node is c.init_node:
+    if init:
         cps = c.control_planes
         inputs.update(
             cluster_name=c.name,
@@ -198,19 +243,29 @@ def _kubeadm_inputs(c: Cluster, node: Node) -> dict[str, Any]:
     return inputs
 
 
-def _wait_for(c: Cluster, node: Node) -> str | None:
-    """What a node waits for before it joins: its predecessor's API server, or the VIP."""
-    if node is c.init_node:
-        return None
-    if node.is_control_plane:
-        cps = c.control_planes
-        return f"{cps[c.control_plane_index[node.name] - 1].ip}:{APISERVER_PORT}"
-    return c.endpoint
+def _kubeadm_files(c: Cluster, node: Node) -> list[dict[str, Any]]:
+    """The node's kubeadm configs, each with the private fragment Ignition appends to it.
+
+    Every node can join. The first control plane can also init, but whether it does is decided
+    at boot: a rebuilt first node joins the cluster that still answers.
+    """
+    join = {"path": KUBEADM_CONFIGS["join"], "inputs": _kubeadm_inputs(c, node, False), "fragment": JOIN_FRAGMENT}
+    if node is not c.init_node:
+        return [join]
+    init = {"path": KUBEADM_CONFIGS["init"], "inputs": _kubeadm_inputs(c, node, True),
+            "fragment": INIT_TOKEN_FRAGMENT}
+    return [init, join]
+
+
+def _cluster_endpoints(c: Cluster, node: Node) -> list[str]:
+    """Where this control plane's cluster answers if it exists: the VIP, then every other control
+    plane's API server directly (haproxy needs a few seconds after boot to see its backends)."""
+    return [c.endpoint, *(f"{n.ip}:{APISERVER_PORT}" for n in c.control_planes if n is not node)]
 
 
 def _node(c: Cluster, node: Node, extras: list[str]) -> Output:
     merge = [ign_ref(role_layer(c, node)), *(ign_ref(e) for e in extras)]
-    fragment = INIT_TOKEN_FRAGMENT if node is c.init_node else JOIN_FRAGMENT
+    kubeadm = _kubeadm_files(c, node)
     net = c.network
     ctx = {
         "butane_version": BUTANE_VERSION,
@@ -222,14 +277,15 @@ def _node(c: Cluster, node: Node, extras: list[str]) -> Output:
         "gateway": str(net.gateway),
         "dns": [str(d) for d in net.dns],
         "interface": net.interface,
-        "kubeadm": _kubeadm_inputs(c, node),
-        "kubeadm_config": KUBEADM_CONFIG,
-        "kubeadm_fragment": fragment,
-        "wait_for": _wait_for(c, node),
+        "kubeadm_files": kubeadm,
+        "bootstrap_env": (
+            {"path": BOOTSTRAP_ENV, "node_name": node.name, "endpoints": _cluster_endpoints(c, node)}
+            if node.is_control_plane else None
+        ),
         "keepalived": _keepalived(c, node) if node.is_control_plane else None,
         "keepalived_fragment": KEEPALIVED_FRAGMENT if node.is_control_plane else None,
     }
-    refs = [*merge, fragment] + ([KEEPALIVED_FRAGMENT] if node.is_control_plane else [])
+    refs = [*merge, *(f["fragment"] for f in kubeadm)] + ([KEEPALIVED_FRAGMENT] if node.is_control_plane else [])
     doc = f"Render {node.name}'s Butane ({node.role}{', init' if node is c.init_node else ''})"
     return Output(node.name, NODE_TEMPLATE, ctx, doc, tuple(refs))
 
@@ -239,13 +295,14 @@ def outputs(c: Cluster) -> list[Output]:
     extras = extra_layers(c)
     result = [
         _base(c),
-        _merging(HA, BASE, "Render the HA base layer: container policy, kubeadm helpers"),
+        _merging(HA, BASE, "Render the HA base layer: container policy, the API wait helper"),
         _control_plane_layer(c),
-        _init_layer(c),
-        _merging(JOIN_CP, CP, "Render the join-control-plane layer: sequential kubeadm join",
-                 kubeadm_config=KUBEADM_CONFIG, keep_pki=KEEP_PKI, cri_socket=CRI_SOCKET),
-        _merging(JOIN, HA, "Render the worker layer: kubeadm join", kubeadm_config=KUBEADM_CONFIG,
-                 cri_socket=CRI_SOCKET),
+        _control_plane_role(INIT, "Render the first control plane's layer: join the cluster that answers, "
+                                     "or create it"),
+        _control_plane_role(JOIN_CP, "Render the other control planes' layer: join the cluster that answers"),
+        _merging(JOIN, HA, "Render the worker layer: kubeadm join through the VIP",
+                 b={**_bootstrap(), "join_config": KUBEADM_CONFIGS["join"]},
+                 endpoint=c.endpoint),
     ]
     for node in c.nodes:
         mine = [extras[p] for p in c.butane.layers_for(node.role)]
