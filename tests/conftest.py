@@ -18,6 +18,7 @@ from support.configs import cluster_nodes, write_config
 from support.fake_api import ServerFactory, tls_api_servers
 from support.gpg_keys import Keys, gpg_missing, throwaway_keys
 from support.libvirtd import Libvirt, libvirt_daemons
+from support.node_rehearsal import BootNode, Node, RehearsalBuild, booted_nodes, require_rehearsal_tools
 from support.pipeline import build_ignition, run_tasks
 from support.pki import Pki, apiserver_pki, make_pki
 from support.realignition import AppliedCluster, apply_cluster_ignition, available
@@ -110,6 +111,50 @@ def applied_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     expected = (3, 2) if control_planes is None else (control_planes, workers)
     assert (len(built.cluster.control_planes), len(built.cluster.workers)) == expected
     return apply_cluster_ignition(built, work / "roots")
+
+
+# --- the node rehearsal ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> RehearsalBuild:
+    """config.yaml's cluster built once; a node's Ignition applied by the real Ignition on first use."""
+    require_rehearsal_tools()
+    return RehearsalBuild(tmp_path_factory.mktemp("rehearsal"))
+
+
+@pytest.fixture
+def boot_node(rehearsal: RehearsalBuild, tmp_path: Path) -> Iterator[BootNode]:
+    """Boots nodes of the rehearsal under the real systemd; all are shut down after the test."""
+    with booted_nodes(rehearsal, tmp_path) as boot:
+        yield boot
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _early_boots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
+    """Boot the node of every selected test of this module marked early_boot, when the module
+    starts: a booted node runs on its own, so the rehearsals overlap (and their waits with them)."""
+    marked = [(item.nodeid, mark) for item in request.session.items
+              if getattr(item, "module", None) is request.module
+              for mark in [item.get_closest_marker("early_boot")] if mark is not None]
+    # The slow ones first: they set how long the module takes.
+    slow = {item.nodeid for item in request.session.items if item.get_closest_marker("slow")}
+    marked.sort(key=lambda m: m[0] not in slow)
+    if not marked:
+        yield {}
+        return
+    rehearsal: RehearsalBuild = request.getfixturevalue("rehearsal")
+    with booted_nodes(rehearsal, tmp_path_factory.mktemp("early")) as boot:
+        yield {nodeid: boot(*mark.args, **mark.kwargs) for nodeid, mark in marked}
+
+
+@pytest.fixture
+def rehearsed(request: pytest.FixtureRequest, _early_boots: dict[str, Node]) -> Iterator[Node]:
+    """This test's node, booted by its early_boot mark (see _early_boots); asked to stop after the
+    test (the module's end waits for it)."""
+    node = _early_boots[request.node.nodeid]
+    yield node
+    node.request_exit()
 
 
 # --- policy --------------------------------------------------------------------------------------
