@@ -160,8 +160,10 @@ def rehearsed(request: pytest.FixtureRequest, _early_boots: dict[str, Node]) -> 
 # --- policy --------------------------------------------------------------------------------------
 
 # Fixtures whose tests must share one pytest worker: the machine has one libvirtd, and a
-# session fixture per worker would make the workers take turns for their whole sessions.
-SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt"}
+# session fixture per worker would make the workers take turns for their whole sessions; a
+# module's early boots (the node rehearsal) start every marked test's node in the worker that
+# runs the module's first test, so the others must run there too.
+SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt", "rehearsed": "node-rehearsal"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,6 +12,8 @@ and the module takes about as long as its slowest one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from support.configs import PROJECT_CONFIG
@@ -74,6 +76,11 @@ def assert_member(node: Node, verb: str, why: str) -> None:
     assert kubeconfig.is_file() and kubeconfig.stat().st_mode & 0o077 == 0, why
 
 
+def assert_clean_units(node: Node) -> None:
+    """systemd 252 loaded every unit without a word: no setting it ignores (RestartMode=...)."""
+    assert node.unit_warnings() == []
+
+
 def assert_all_done(node: Node, why: str) -> None:
     assert {"kubeadm.done", "cilium.done", "coredns.done"} <= node.markers(), why
     states = node.units(*STEPS)
@@ -107,6 +114,7 @@ def test_init_node_happy_path(rehearsed: Node) -> None:
     assert "kubectl rollout" not in verbs(calls), why
     assert_member(node, "init", why)
     assert_all_done(node, why)
+    assert_clean_units(node)
 
 
 @early(INIT_NODE, Scenario("init-fails-once", kubeadm={"init": {"fail": 1}}))
@@ -210,6 +218,7 @@ def test_control_plane_waits_for_the_cluster_then_joins_and_spreads_coredns(rehe
     assert sorted(node.cluster()["coredns_on"]) == [INIT_NODE, CP2], why
     assert_member(node, "join", why)
     assert_all_done(node, why)
+    assert_clean_units(node)
 
 
 def without(joiner: str, gone: str) -> pytest.MarkDecorator:
@@ -247,6 +256,7 @@ def test_worker_joins_once_and_installs_no_cilium(rehearsed: Node) -> None:
     assert node.markers() == {"kubeadm.done"}, why
     assert node.cluster()["members"] == [{"verb": "join", "control_plane": False, "node": WORKER}], why
     assert node.units("cilium-install.service")["cilium-install.service"].load == "not-found", why
+    assert_clean_units(node)
 
 
 @early(INIT_NODE, Scenario("quadlet-timeouts"))
@@ -256,6 +266,26 @@ def test_quadlet_units_allow_an_image_pull_on_a_slow_link(rehearsed: Node) -> No
         props = rehearsed.show(unit, "FragmentPath", "TimeoutStartUSec")
         assert props["FragmentPath"] == f"/run/systemd/generator/{unit}", props
         assert props["TimeoutStartUSec"] == "15min", props
+
+
+# ------------------------------------------------------------------ the rehearsal itself
+
+
+@early(WORKER, Scenario("newer-setting", api={"answering": endpoints()}),
+       dropins={"kubeadm.service": "[Service]\nRestartMode=direct\n"})
+def test_the_rehearsal_sees_a_setting_systemd_252_ignores(rehearsed: Node) -> None:
+    # RestartMode= (systemd 254) would fix the Cilium ordering on Flatcar and silently not here.
+    settle(rehearsed)
+    warnings = rehearsed.unit_warnings()
+    assert any("RestartMode" in w and "kubeadm.service" in w for w in warnings), warnings
+
+
+def test_a_missing_systemd_is_a_skip_that_ci_turns_into_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import support.node_rehearsal as harness
+
+    monkeypatch.setattr(harness, "SYSTEMD", Path("/nonexistent/systemd"))
+    with pytest.raises(pytest.skip.Exception, match="apt-get install systemd"):
+        harness.require_rehearsal_tools()
 
 
 # ------------------------------------------------------------------ the units' own timing

@@ -229,7 +229,8 @@ class LoadBalancer:
 class Cluster:
     name: str = setting("ha", required=True, pattern=DNS_LABEL, expect=RFC1123,
                         help="the cluster's name: it prefixes every VM name and keys build/<name>/")
-    nodes: tuple[Node, ...] = setting((), required=True, help="the machines; the first control plane runs kubeadm init")
+    nodes: tuple[Node, ...] = setting((), required=True,
+                                      help="the machines; the first control plane creates the cluster")
     network: Network = setting(required=True, help="the nodes' subnet: vip, prefix, gateway, dns")
     flatcar: Flatcar = setting(help="the Flatcar image: channel, version, where from, how it is verified")
     kubernetes: Kubernetes = setting(help="versions, subnets, token and CA lifetimes, sysexts")
@@ -253,12 +254,12 @@ class Cluster:
 
     @functools.cached_property
     def init_node(self) -> Node:
-        """The control plane that runs `kubeadm init` and starts as keepalived MASTER."""
+        """The control plane that may run `kubeadm init` (when no cluster answers) and starts as keepalived MASTER."""
         return self.control_planes[0]
 
     @functools.cached_property
     def control_plane_index(self) -> dict[str, int]:
-        """Each control plane's position (0 = the init node): its keepalived rank and join turn."""
+        """Each control plane's position (0 = the init node): its keepalived rank."""
         return {n.name: i for i, n in enumerate(self.control_planes)}
 
     @property

@@ -46,6 +46,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import shlex
 import shutil
@@ -121,6 +122,8 @@ Type=notify
 ExecStart=/usr/bin/crio
 """
 
+# systemd's messages about a unit file name it and the line: "/etc/systemd/system/x.service:12: ...".
+UNIT_FILE_MESSAGE = re.compile(r"/[\w/.@-]+\.(service|path|timer|socket|target|mount|conf):\d+: ")
 PR_SET_PDEATHSIG = 1
 # Looked up before any fork: the child calls it between fork and exec.
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
@@ -154,6 +157,23 @@ def cgroup2_root() -> Path | None:
     return None
 
 
+def sweep_stale_cgroups() -> list[str]:
+    """Remove the empty cgroup folders a killed test run left (harness-<its pid>-...): rmdir only,
+    which fails on a folder that still holds a process, so nothing is ever stopped here."""
+    removed = []
+    for top in own_cgroup().glob("harness-*-*"):
+        pid = top.name.split("-")[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                os.rmdir(dirpath)
+            removed.append(top.name)
+        except OSError:
+            pass
+    return removed
+
+
 def own_cgroup() -> Path:
     """This process's folder in the cgroup2 hierarchy (host path)."""
     root = cgroup2_root()
@@ -172,6 +192,7 @@ class RehearsalBuild:
     applied into its own root on first use (the boots never write to these roots)."""
 
     def __init__(self, where: Path) -> None:
+        sweep_stale_cgroups()
         self.where = where
         config = write_config(where, base="project")
         checkout = os.environ.get(CHECKOUT_ENV)
@@ -757,6 +778,14 @@ class Node:
     def journal(self, *units: str) -> str:
         args = [a for u in units for a in ("-u", u)]
         return self.nsenter("journalctl", "--no-pager", "-o", "short-monotonic", *args, check=False).stdout
+
+    def unit_warnings(self) -> list[str]:
+        """What systemd said about the unit files it loaded (`file:line: Unknown key name ...,
+        ignoring`), from every boot's console: settings this systemd ignores or rejects."""
+        found = []
+        for log in sorted(self.work.glob("boot-*/console.log")):
+            found += [line for line in log.read_text(errors="replace").splitlines() if UNIT_FILE_MESSAGE.search(line)]
+        return found
 
     def report(self, units: Iterable[str] = ()) -> str:
         """What happened, for assertion messages: systemd's view, the markers, every call."""
