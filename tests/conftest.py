@@ -130,29 +130,26 @@ def boot_node(rehearsal: RehearsalBuild, tmp_path: Path) -> Iterator[BootNode]:
         yield boot
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _early_boots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
-    """Boot the node of every selected test of this module marked early_boot, when the module
-    starts: a booted node runs on its own, so the rehearsals overlap (and their waits with them)."""
+@pytest.fixture(scope="session")
+def early_boots(request: pytest.FixtureRequest, rehearsal: RehearsalBuild,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
+    """The node of every selected test marked early_boot, all booted when the first of them runs:
+    a booted node runs on its own, so the rehearsals overlap (and their waits with them). Session
+    scoped: tests of other modules may run in between (pytest-xdist) without stopping them."""
     marked = [(item.nodeid, mark) for item in request.session.items
-              if getattr(item, "module", None) is request.module
               for mark in [item.get_closest_marker("early_boot")] if mark is not None]
-    # The slow ones first: they set how long the module takes.
+    # The slow ones first: they set how long the rehearsal takes.
     slow = {item.nodeid for item in request.session.items if item.get_closest_marker("slow")}
     marked.sort(key=lambda m: m[0] not in slow)
-    if not marked:
-        yield {}
-        return
-    rehearsal: RehearsalBuild = request.getfixturevalue("rehearsal")
     with booted_nodes(rehearsal, tmp_path_factory.mktemp("early")) as boot:
         yield {nodeid: boot(*mark.args, **mark.kwargs) for nodeid, mark in marked}
 
 
 @pytest.fixture
-def rehearsed(request: pytest.FixtureRequest, _early_boots: dict[str, Node]) -> Iterator[Node]:
-    """This test's node, booted by its early_boot mark (see _early_boots); asked to stop after the
-    test (the module's end waits for it)."""
-    node = _early_boots[request.node.nodeid]
+def rehearsed(request: pytest.FixtureRequest, early_boots: dict[str, Node]) -> Iterator[Node]:
+    """This test's node, booted by its early_boot mark (see early_boots); asked to stop after the
+    test (the session's end waits for it)."""
+    node = early_boots[request.node.nodeid]
     yield node
     node.request_exit()
 
@@ -160,12 +157,15 @@ def rehearsed(request: pytest.FixtureRequest, _early_boots: dict[str, Node]) -> 
 # --- policy --------------------------------------------------------------------------------------
 
 # Fixtures whose tests must share one pytest worker: the machine has one libvirtd, and a
-# session fixture per worker would make the workers take turns for their whole sessions; a
-# module's early boots (the node rehearsal) start every marked test's node in the worker that
-# runs the module's first test, so the others must run there too.
+# session fixture per worker would make the workers take turns for their whole sessions; the
+# node rehearsal's early boots start every marked test's node in the worker that runs the first
+# of them, so the others must run there too.
 SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt", "rehearsed": "node-rehearsal"}
 
 
+# tryfirst: pytest-xdist turns the xdist_group marks into node ids (test@group) in its own
+# pytest_collection_modifyitems, which otherwise runs before this one and sees no mark.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for fixture, group in SHARED_RESOURCE_FIXTURES.items():

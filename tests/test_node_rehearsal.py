@@ -5,9 +5,9 @@ markers in /var/lib/flatcar-ha and systemd's own unit states.
 
 The cluster is config.yaml's: node1-cp (the designated first control plane), node2-cp, node3-cp,
 node4-worker, node5-worker. Retried units wait 1 s instead of 30 s (a test-only drop-in, see
-FAST_RESTART_SEC); one test keeps the units' own timing. Every test's node boots when the module
-starts (the early_boot mark, conftest.py): booted nodes run on their own, so the scenarios overlap
-and the module takes about as long as its slowest one.
+FAST_RESTART_SEC); one test keeps the units' own timing. Every test's node boots when the first of
+them runs (the early_boot mark, conftest.py): booted nodes run on their own, so the scenarios
+overlap and the rehearsal takes about as long as its slowest one.
 """
 
 from __future__ import annotations
