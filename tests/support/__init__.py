@@ -17,6 +17,8 @@ imports another test module: what two tests need goes here.
     realignition  the real Ignition into a scratch root: apply_ignition, apply_node_ignition,
                   apply_cluster_ignition
     realtools     haproxy, keepalived, systemd-analyze, Quadlet, systemd-networkd on our files
+    node_rehearsal  each node's Ignition booted by the real systemd 252 with stand-ins (standins/):
+                  RehearsalBuild, BootNode, Scenario; node_boot holds the booting (Node)
     ignition      data URLs, what a config writes, semantic comparison of Ignition configs
     butane_vectors  Butane's conformance vectors and our scripts/butane on them
     layers        reading rendered Butane layers
