@@ -18,7 +18,7 @@ from support.configs import cluster_nodes, write_config
 from support.fake_api import ServerFactory, tls_api_servers
 from support.gpg_keys import Keys, gpg_missing, throwaway_keys
 from support.libvirtd import Libvirt, libvirt_daemons
-from support.node_rehearsal import BootNode, Node, RehearsalBuild, booted_nodes, require_rehearsal_tools
+from support.node_rehearsal import Node, RehearsalBuild, booted_nodes, require_rehearsal_tools
 from support.pipeline import build_ignition, run_tasks
 from support.pki import Pki, apiserver_pki, make_pki
 from support.realignition import AppliedCluster, apply_cluster_ignition, available
@@ -121,13 +121,6 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> RehearsalBuild:
     """config.yaml's cluster built once; a node's Ignition applied by the real Ignition on first use."""
     require_rehearsal_tools()
     return RehearsalBuild(tmp_path_factory.mktemp("rehearsal"))
-
-
-@pytest.fixture
-def boot_node(rehearsal: RehearsalBuild, tmp_path: Path) -> Iterator[BootNode]:
-    """Boots nodes of the rehearsal under the real systemd; all are shut down after the test."""
-    with booted_nodes(rehearsal, tmp_path) as boot:
-        yield boot
 
 
 @pytest.fixture(scope="session")
