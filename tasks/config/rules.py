@@ -13,7 +13,7 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 
-from tasks.config.model import CONTROL_PLANE, Cluster, Kubernetes, Network, Node, VmSpec, stable_mac
+from tasks.config.model import CONTROL_PLANE, Cluster, Kubernetes, Network, Node, VmSpec, minor_of, stable_mac
 from tasks.config.places import check_places
 from tasks.config.reader import Reader
 from tasks.config.settings import read_section, read_setting
@@ -155,12 +155,24 @@ def _check_control_planes(r: Reader, nodes: tuple[Node, ...], allow_even: bool) 
 
 
 def _check_kubernetes(r: Reader, k8s: Kubernetes, nodes: tuple[Node, ...]) -> None:
-    crio = ".".join(k8s.crio_version.split(".")[:2])
-    if r.clean("kubernetes.version") and r.clean("kubernetes.crio_version") and crio != k8s.minor:
-        r.problem("kubernetes.crio_version", f"{k8s.crio_version} does not match kubernetes.version {k8s.version}: "
-                  f"CRI-O {crio} serves Kubernetes {crio} only; use a {k8s.minor}.x release")
     if k8s.pod_subnet.overlaps(k8s.service_subnet):
         r.problem("kubernetes.service_subnet", f"{k8s.service_subnet} overlaps the pod subnet {k8s.pod_subnet}")
     for i, node in enumerate(nodes):
         if node.ip in k8s.pod_subnet or node.ip in k8s.service_subnet:
             r.problem(join(join("nodes", i), "ip"), f"{node.ip} lies inside the pod or service subnet")
+    _check_crio_minor(r, k8s)
+
+
+def _check_crio_minor(r: Reader, k8s: Kubernetes) -> None:
+    """CRI-O's minor is Kubernetes' (CRI-O 1.36 serves kubelet 1.36): one minor for both."""
+    crio, version = k8s.crio_version, k8s.version
+    if not crio or not r.clean("kubernetes.crio_version") or not r.clean("kubernetes.version"):
+        return
+    if minor_of(crio) != minor_of(version):
+        r.problem(
+            "kubernetes.crio_version",
+            f"{crio} is CRI-O {minor_of(crio)[1:]}, but kubernetes.version {version} is Kubernetes "
+            f"{minor_of(version)[1:]}: kubelet and CRI-O must share a minor (CRI-O releases one minor per "
+            f"Kubernetes minor, and updates never leave it); pin a {minor_of(version)[1:]} release "
+            "or remove kubernetes.crio_version to follow kubernetes.version",
+        )
