@@ -136,7 +136,7 @@ def test_sysexts_follow_the_bakery_layout(tmp_path: Path) -> None:
     c = project_cluster(tmp_path, **{"kubernetes.version": "v1.30.5", "kubernetes.crio_version": "v1.30.4"})
     base = yaml.safe_load(render_layers(c)["00_base-k8s"])
     files = {f["path"]: f for f in base["storage"]["files"]}
-    url = "https://extensions.flatcar.org/extensions"
+    url = c.kubernetes.sysext_base_url
     assert files["/opt/extensions/kubernetes/kubernetes-v1.30.5-x86-64.raw"]["contents"]["source"] == (
         f"{url}/kubernetes-v1.30.5-x86-64.raw")
     assert files["/opt/extensions/crio/crio-v1.30.4-x86-64.raw"]["contents"]["source"] == (

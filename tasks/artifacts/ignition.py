@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tasks.artifacts.pins import Pins
+from tasks.artifacts.wanted import Wanted
 from tasks.errors import ArtifactError
 
 
@@ -59,13 +61,17 @@ def remote_sources(config: dict[str, Any]) -> list[tuple[str, str | None]]:
     return found
 
 
-def check_ignition(path: Path, pins: Pins) -> None:
-    """Refuse a node Ignition with an unverified download, or one the lock pins differently."""
-    locked = {p.url: p.hash for p in pins.items}
+def check_ignition(path: Path, pins: Pins, asked: tuple[Wanted, ...]) -> None:
+    """Refuse a node Ignition with an unverified download, or with one of the config's artifacts
+    (any version: its URL template matches) that is not exactly what the lock pins."""
+    families = [(re.compile(re.escape(w.url).replace(re.escape("{version}"), "[^/]+")), pins[w.name])
+                for w in asked]
     for url, digest in remote_sources(json.loads(path.read_text())):
-        if url in locked and digest != locked[url]:
+        pin = next((pin for family, pin in families if family.fullmatch(url)), None)
+        if pin is not None and (url, digest) != (pin.url, pin.hash):
             raise ArtifactError(
-                f"{path} fetches {url} with verification.hash {digest}, but the lock pins {locked[url]}",
+                f"{path} fetches {url} with verification.hash {digest}, but the lock pins {pin.name} "
+                f"{pin.version}: {pin.url} with {pin.hash}",
                 "it was built before the lock changed: run `doit new_cluster` (or `doit ha`) again",
             )
         if digest is None:

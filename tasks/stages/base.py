@@ -109,6 +109,7 @@ class Context:
         """Before a VM is created: its Ignition's downloads are the lock's, and still published."""
         from tasks.artifacts.ignition import check_ignition
         from tasks.artifacts.resolve import check_published
+        from tasks.artifacts.wanted import wanted
         from tasks.errors import ArtifactError
 
         pins = self.pins
@@ -116,7 +117,7 @@ class Context:
         if not pins.locked:
             raise ArtifactError(f"no {pins.lock}: {node.name}'s downloads are not pinned",
                                 "run `doit lock` (`doit ha` runs it first)")
-        check_ignition(self.paths.ign_file(node.name), pins)
+        check_ignition(self.paths.ign_file(node.name), pins, wanted(self.cluster))
         if self.__dict__.get("_published") is not pins:
             check_published(self.cluster, pins)  # once per run and lock
             self.__dict__["_published"] = pins

@@ -64,6 +64,8 @@ def task_render() -> Iterator[dict[str, Any]]:
             "doc": out.doc,
             "actions": [(write_output, [out.name])],
             "file_dep": [str(out.template_path), *own],
+            # After `doit ha` (or lock) wrote the lock, even in parallel runs; offline, a no-op.
+            "task_dep": ["lock"],
             "targets": [str(ctx.paths.butane_file(out.name))],
             "uptodate": [checked_when_run(functools.partial(_context_digest, out.name))],
             "clean": True,

@@ -21,8 +21,10 @@ import io
 import random
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from support.configs import DROP
 from support.site import Site
 
 BASE = "/extensions"
@@ -133,3 +135,27 @@ def fake_bakery(site: Site, kubernetes: dict[str, list[str]] | None = None,
     for version in cli_versions or CLI_VERSIONS:
         bakery.publish_cli(version)
     return bakery
+
+
+def bakery_folder(root: Path, url: str) -> dict[str, Any]:
+    """The default fake as static files under root (served at url by any file server, e.g.
+    `python3 -m http.server`): the config's kubernetes keys that point at it."""
+    base = root / "extensions"
+    for ext, versions in KUBERNETES.items():
+        lines = []
+        for version in versions:
+            for arch in ARCHES:
+                name = f"{ext}-{version}-{arch}.raw"
+                for folder in (base, base / ext):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / name).write_bytes(image_bytes(name))
+                lines.append(sums_line(image_bytes(name), name))
+        (base / ext / "SHA256SUMS").write_text("".join(lines))
+    for version in CLI_VERSIONS:
+        folder = root / "cilium-cli" / version
+        folder.mkdir(parents=True, exist_ok=True)
+        data = cli_tarball(version)
+        (folder / CLI_FILE).write_bytes(data)
+        (folder / f"{CLI_FILE}.sha256sum").write_text(sums_line(data, CLI_FILE))
+    return {"sysext_base_url": f"{url}/extensions", "cilium_cli_url": f"{url}/cilium-cli/{{version}}/{CLI_FILE}",
+            "version": "1.36", "crio_version": DROP}

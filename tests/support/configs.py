@@ -10,7 +10,9 @@ clusters can share a folder). Two bases:
 - "project": the repository's own config.yaml (the article's 3 + 2 cluster), build_dir moved.
 
 Both name exact Kubernetes and CRI-O releases (EXACT_VERSIONS), so they build offline without a
-lock; config.yaml's minor needs `doit lock` (tests do that against support/bakery.py).
+lock; config.yaml's minor needs `doit lock` (tests do that against support/bakery.py). Their
+sysext and Cilium CLI URLs point at a closed port on 127.0.0.1 (NOWHERE) until a test names a
+fake bakery.
 
 An override is a top-level key (`name="x"`, `nodes=[...]`), a section merged key by key
 (`kubernetes={"key_algorithm": "rsa-2048"}`), or a dotted path that replaces one value, list
@@ -40,6 +42,11 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJJ8Tv/9Csjc5F2jq0O9rZSnPVX6hkdkk
 # Exact releases: without a lock they build offline (no hashes); a minor needs `doit lock`,
 # which tests run against the fake bakery (support/bakery.py publishes these).
 EXACT_VERSIONS = {"version": "v1.36.2", "crio_version": "v1.36.3"}
+# Where nodes' downloads come from unless a test names its fake bakery: loopback, port 9 (nothing
+# listens), so a test that reaches `doit lock` by mistake fails there, and never asks the internet.
+NOWHERE = "http://127.0.0.1:9"
+OFFLINE_KUBERNETES = {**EXACT_VERSIONS, "sysext_base_url": f"{NOWHERE}/extensions",
+                      "cilium_cli_url": f"{NOWHERE}/cilium-cli/{{version}}/cilium-linux-amd64.tar.gz"}
 DROP: Any = type("Drop", (), {"__repr__": lambda self: "DROP"})()
 
 
@@ -68,7 +75,7 @@ def small_config(where: Path) -> dict[str, Any]:
         "name": "t1",
         "nodes": small_nodes(),
         "network": {"vip": VIP, "gateway": "192.168.122.1"},
-        "kubernetes": {"key_algorithm": "ecdsa-p256", "ca_validity_days": 365, **EXACT_VERSIONS},
+        "kubernetes": {"key_algorithm": "ecdsa-p256", "ca_validity_days": 365, **OFFLINE_KUBERNETES},
         "flatcar": {"cache_dir": str(where / "cache")},
         "build_dir": str(where / "build"),
     }
@@ -78,7 +85,7 @@ def project_config(where: Path) -> dict[str, Any]:
     """config.yaml as data, building under `where` (its cache_dir stays the repository's)."""
     data: dict[str, Any] = yaml.safe_load(PROJECT_CONFIG.read_text())
     data["build_dir"] = str(where / "build")
-    data["kubernetes"].update(EXACT_VERSIONS)
+    data["kubernetes"].update(OFFLINE_KUBERNETES)
     return data
 
 
