@@ -172,27 +172,28 @@ GARBAGE = "this is not a checksum line\n"
 
 @pytest.mark.parametrize("case", ["garbage-line", "http-500", "timeout", "redirect-loop"])
 def test_bad_answers_fail_clearly_and_leave_the_lock_alone(tmp_path: Path, bakery: Bakery, case: str) -> None:
-    c = cluster(tmp_path, bakery, version="v1.36.1")
+    c = cluster(tmp_path, bakery, version="v1.36.1", crio_version="v1.36.0")
     lock(c)
     before = lock_path(c.source).read_bytes()
-    moved = cluster(tmp_path, bakery, version="1.36")  # needs the bakery again
-    sums = "/releases/download/kubernetes/SHA256SUMS"
+    # Both sysexts to resolve again: Kubernetes first (fine), then CRI-O, whose list is broken.
+    moved = cluster(tmp_path, bakery, version="1.36")
+    sums = "/releases/download/crio/SHA256SUMS"
     behaviour = bakery.site.behaviour
     expected = {
-        "garbage-line": r"SHA256SUMS line 13 is not `<sha256>  <file name>`: 'this is not a checksum line'",
+        "garbage-line": r"SHA256SUMS line 9 is not `<sha256>  <file name>`: 'this is not a checksum line'",
         "http-500": r"SHA256SUMS failed after 3 attempt\(s\): HTTP 500",
         "timeout": r"SHA256SUMS failed after 3 attempt\(s\): no data for 0.3 s \(read timeout\)",
         "redirect-loop": r"SHA256SUMS: redirected more than 30 times \(a redirect loop\)",
     }[case]
     if case == "garbage-line":
-        bakery.write_sums("kubernetes", extra=GARBAGE)
+        bakery.write_sums("crio", extra=GARBAGE)
     elif case == "http-500":
         behaviour.fail_first[sums] = [500] * 3
     elif case == "timeout":
         behaviour.stall_after[sums] = [0] * 3
     else:
-        behaviour.redirects[sums] = f"{bakery.base}/kubernetes/SHA256SUMS"
-    with pytest.raises(ArtifactError, match=expected) as info:
+        behaviour.redirects[sums] = f"{bakery.base}/crio/SHA256SUMS"
+    with pytest.raises(ArtifactError, match="crio versions: .*" + expected) as info:
         lock(moved)
     assert "Traceback" not in str(info.value)
     assert lock_path(c.source).read_bytes() == before

@@ -112,7 +112,8 @@ def test_new_cluster_refuses_a_lock_made_for_another_config(tmp_path: Path, bake
 
 
 def test_ha_refuses_before_any_vm_when_a_release_is_missing(tmp_path: Path, site: Site, bakery: Bakery) -> None:
-    flatcar = {"base_url": site.url + "/amd64-usr", "cache_dir": str(tmp_path / "cache")}
+    flatcar = {"base_url": site.url + "/amd64-usr", "signing_key_url": site.url + "/key.asc",
+               "cache_dir": str(tmp_path / "cache")}
     vm = {"libvirt_uri": "qemu+tcp://127.0.0.1:1/system"}  # never reached
     config = write_config(tmp_path, kubernetes=on_bakery(bakery, version="v1.36.7"), flatcar=flatcar, vm=vm)
     proc = run_doit(config, "-v", "2", "ha", merged=True)
@@ -161,3 +162,12 @@ def test_before_a_vm_its_ignition_must_carry_the_current_locks_hashes(tmp_path: 
         check_ignition(paths.ign_file("cp1"), pins_for(c), wanted(c))
     ok(run_doit(config, "new_cluster"))
     check_ignition(paths.ign_file("cp1"), pins_for(c), wanted(c))
+
+
+def test_a_parallel_run_renders_after_the_lock(tmp_path: Path, bakery: Bakery) -> None:
+    """`doit -n 4 -P thread ...` (the README's parallel `ha`): rendering waits for the lock."""
+    config = write_config(tmp_path, kubernetes=on_bakery(bakery))
+    ok(run_doit(config, "-n", "4", "-P", "thread", "lock", "new_cluster"))
+    c = load_config(config)
+    sources = remote_sources(json.loads(Build(c.build_dir).ign_file("cp1").read_text()))
+    assert len(sources) == 3 and all(digest is not None for _, digest in sources)

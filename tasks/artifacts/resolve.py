@@ -94,7 +94,8 @@ def published(sums: Mapping[str, str], name: str) -> dict[str, str]:
 
 def _versions(w: Wanted, policy: DownloadPolicy) -> dict[str, str]:
     """A sysext's published releases (version -> sha256), read from the bakery's SHA256SUMS."""
-    return published(parse_sums(fetch_text(w.sha256_from, f"{w.name} versions", policy), w.sha256_from), w.name)
+    what = f"{w.name} versions"
+    return published(parse_sums(fetch_text(w.sha256_from, what, policy), f"{what}: {w.sha256_from}"), w.name)
 
 
 def _sysext(w: Wanted, policy: DownloadPolicy) -> Entry:
