@@ -4,11 +4,13 @@ Only the stages (tasks/stages/) are imported here; tasks/__init__.py maps the co
 """
 
 from tasks.stages.base import state_file
+from tasks.stages.bundle import task_bundle
 from tasks.stages.cluster import task_ha, task_new_cluster
 from tasks.stages.graph import graph_task
 from tasks.stages.hosts import task_pool, task_preflight
 from tasks.stages.image import task_image, task_verify_gpg
 from tasks.stages.kubeconfig import task_kubeconfig
+from tasks.stages.lock import task_lock
 from tasks.stages.overlay import task_overlay
 from tasks.stages.pki import task_pki, task_rotate_pki
 from tasks.stages.prune import task_prune
@@ -35,10 +37,12 @@ task_graph = graph_task(globals())
 
 __all__ = [
     "DOIT_CONFIG",
+    "task_bundle",
     "task_graph",
     "task_ha",
     "task_image",
     "task_kubeconfig",
+    "task_lock",
     "task_new_cluster",
     "task_overlay",
     "task_pki",

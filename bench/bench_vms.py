@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from support.bakery import bakery_folder  # noqa: E402
 from support.libvirtd import LOCAL, libvirt_daemons, virsh  # noqa: E402
 from support.pipeline import run_doit  # noqa: E402
 from support.vm_clusters import IMAGES_ROOT, sweep, tiny_qcow2, unique_name, write_vm_config  # noqa: E402
@@ -76,9 +77,11 @@ def main() -> None:
                 handler = functools.partial(QuietHandler, directory=str(tmp / "mirror"))
                 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
                 threading.Thread(target=server.serve_forever, daemon=True).start()
-                base_url = f"http://127.0.0.1:{server.server_address[1]}/amd64-usr"
-                config = write_vm_config(tmp, name, nodes=5, image_dir=image_dir, uri=LOCAL, base_url=base_url,
-                                         key=tmp / "key.asc", pin=fpr, version=VERSION)
+                served = f"http://127.0.0.1:{server.server_address[1]}"
+                kubernetes = bakery_folder(tmp / "mirror", served)  # `doit vm` locks the nodes' downloads
+                config = write_vm_config(tmp, name, nodes=5, image_dir=image_dir, uri=LOCAL,
+                                         base_url=f"{served}/amd64-usr", key=tmp / "key.asc", pin=fpr,
+                                         version=VERSION, kubernetes=kubernetes)
                 doit(config, "new_cluster", "pool")
                 times: dict[str, list[float]] = {"serial (-n 1)": [], "parallel (-n 5 -P thread)": []}
                 for _ in range(args.rounds):

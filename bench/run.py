@@ -97,6 +97,8 @@ def write_config(path: Path, build_dir: Path, workers: int, control_planes: int 
                "ip": f"192.168.122.{31 + control_planes + i}"} for i in range(workers)]
     data["nodes"] = nodes
     data["build_dir"] = str(build_dir)
+    # Exact releases build offline without a lock (config.yaml's minor needs `doit lock`).
+    data["kubernetes"].update(version="v1.36.2", crio_version="v1.36.3")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 

@@ -11,6 +11,8 @@ Code map (data flows config -> plan -> stages -> files; the README has the long 
     plan/      what to build from a config: Butane layers and their contexts, templates, kubeadm
                documents, secret fragments, translation units, hosts and VM inputs, prune plans
     flatcar/   the Flatcar image: downloads, gpg verification, the verified image cache
+    artifacts/ every file the nodes download: asked for by the config, resolved into the lock
+               beside it, checked in each node's Ignition, bundled for air-gapped sites
     libvirt/   virsh, domain XML, storage pools and volumes, preflight, what a hypervisor holds
     kube/      the cluster's API from the host (verified sessions, readiness), kubeconfig merges
     report/    what `show`, `status` and `graph` print

@@ -61,6 +61,10 @@ class DownloadError(PipelineError):
     """A download failed for good (after retries)."""
 
 
+class ArtifactError(PipelineError):
+    """A file the nodes download is not published, not pinned, or not what the lock says."""
+
+
 class LibvirtError(PipelineError):
     """A libvirt operation failed or the hypervisor is not usable."""
 

@@ -57,6 +57,11 @@ class Build:
         """What `doit image` verified, for the steps after it (tasks/flatcar/image.py)."""
         return self.root / "flatcar-image.json"
 
+    @property
+    def bundle(self) -> Path:
+        """`doit bundle`'s archive for air-gapped sites (tasks/artifacts/bundle.py)."""
+        return self.root / "bundle.tar"
+
     def butane_file(self, name: str) -> Path:
         return self.butane / f"{name}.yaml"
 

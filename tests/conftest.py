@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from support.bakery import Bakery, fake_bakery
 from support.configs import cluster_nodes, write_config
 from support.fake_api import ServerFactory, tls_api_servers
 from support.gpg_keys import Keys, gpg_missing, throwaway_keys
@@ -52,6 +53,12 @@ def site() -> Iterator[Site]:
     """A Flatcar release server on 127.0.0.1, empty until a test publishes a release."""
     with serve_site() as served:
         yield served
+
+
+@pytest.fixture
+def bakery(site: Site) -> Bakery:
+    """A fake sysext-bakery and Cilium CLI release on the test site (support/bakery.py)."""
+    return fake_bakery(site)
 
 
 @pytest.fixture

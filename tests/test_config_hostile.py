@@ -164,7 +164,8 @@ CASES = [
     Case("token-ttl-garbage", config(kubernetes={"token_ttl": "soon"}), "kubernetes.token_ttl", "duration"),
     Case("memory-1e15", config(vm={"memory_mib": 10**15}), "vm.memory_mib", "too large"),
     Case("300-control-planes", config(nodes=control_planes(300), **CP_HEAVY), "nodes", "at most 7"),
-    Case("crio-minor", config(kubernetes={"crio_version": "v1.29.0"}), "kubernetes.crio_version", "v1.31"),
+    Case("crio-minor", config(kubernetes={"crio_version": "v1.29.0"}), "kubernetes.crio_version",
+         "kubernetes.version v1.36.2"),
     # Folders the pipeline would make its own.
     Case("build-dir-root-name-tmp", config(build_dir="/", name="tmp"), "build_dir",
          "system folder", system=True),

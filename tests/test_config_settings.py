@@ -143,7 +143,7 @@ EMPTY = [
     (("vm", "memory_mib"), None, "vm.memory_mib", "or remove the key for the default (4096)"),
     (("flatcar",), None, "flatcar", "is empty"),
     (("ssh_authorized_keys",), [""], "ssh_authorized_keys[0]", "is empty: give a value or remove the entry"),
-    (("kubernetes", "sha256"), {"crio": None}, "kubernetes.sha256.crio", "is empty"),
+    (("kubernetes", "crio_version"), None, "kubernetes.crio_version", "is empty"),
 ]
 
 

@@ -11,6 +11,8 @@ import yaml
 
 from support.configs import SSH_KEY, project_cluster
 from support.layers import inline_of
+from tasks.artifacts.lockfile import lock_path
+from tasks.artifacts.pins import Pin, Pins, pins_for
 from tasks.config import Cluster, fingerprint
 from tasks.plan.layers import CP, INIT, JOIN, JOIN_CP, LAYERS, outputs, virtual_router_id
 from tasks.plan.templates import check_references, render_layers, render_output
@@ -113,13 +115,19 @@ def test_images_are_pinned_and_not_auto_updated(tmp_path: Path) -> None:
         assert "AutoUpdate" not in unit
 
 
-def test_sha256_pins_become_verification_hashes(tmp_path: Path) -> None:
-    keys = ("kubernetes", "crio", "cilium_cli", "kubernetes_sysupdate", "crio_sysupdate", "noop_sysupdate")
-    pins = {k: f"{i:x}" * 64 for i, k in enumerate(keys, start=1)}
-    texts = render_layers(project_cluster(tmp_path, **{"kubernetes.sha256": pins}))
-    everything = "\n".join(texts.values())
-    for digest in pins.values():
-        assert everything.count(f"hash: sha256-{digest}") == 1
+def locked_pins(c: Cluster) -> Pins:
+    """Pins as a lock gives them: each artifact with its own made-up sha256."""
+    items = tuple(Pin(p.name, p.version, p.url, f"{i:x}" * 64, 100) for i, p in enumerate(pins_for(c).items, 1))
+    return Pins(items, lock_path(c.source), locked=True)
+
+
+def test_locked_hashes_become_verification_hashes(tmp_path: Path) -> None:
+    c = project_cluster(tmp_path)
+    pins = locked_pins(c)
+    everything = "\n".join(render_output(out) for out in outputs(c, pins))
+    for pin in pins.items:
+        assert everything.count(f"source: {pin.url}") == 1
+        assert everything.count(f"hash: sha256-{pin.sha256}") == 1
     plain = render_layers(project_cluster(tmp_path / "plain"))
     assert "verification" not in "\n".join(plain.values())
 
@@ -128,18 +136,25 @@ def test_sysexts_follow_the_bakery_layout(tmp_path: Path) -> None:
     c = project_cluster(tmp_path, **{"kubernetes.version": "v1.30.5", "kubernetes.crio_version": "v1.30.4"})
     base = yaml.safe_load(render_layers(c)["00_base-k8s"])
     files = {f["path"]: f for f in base["storage"]["files"]}
-    url = "https://extensions.flatcar.org/extensions"
+    url = c.kubernetes.sysext_base_url
     assert files["/opt/extensions/kubernetes/kubernetes-v1.30.5-x86-64.raw"]["contents"]["source"] == (
         f"{url}/kubernetes-v1.30.5-x86-64.raw")
-    assert files["/etc/sysupdate.kubernetes.d/kubernetes-v1.30.conf"]["contents"]["source"] == (
-        f"{url}/kubernetes/kubernetes-v1.30.conf")
     assert files["/opt/extensions/crio/crio-v1.30.4-x86-64.raw"]["contents"]["source"] == (
         f"{url}/crio-v1.30.4-x86-64.raw")
-    assert files["/etc/sysupdate.d/noop.conf"]["contents"]["source"] == f"{url}/noop.conf"
+    # Our own transfer definitions, updating from <base>/<ext>/ inside the minor; nothing else remote.
+    for ext in ("kubernetes", "crio"):
+        conf = inline_of(render_layers(c)["00_base-k8s"], f"/etc/sysupdate.{ext}.d/{ext}-v1.30.conf")
+        assert f"Path={url}/{ext}/\n" in conf
+        assert conf.count(f"MatchPattern={ext}-v1.30.@v-%a.raw\n") == 2
+        assert f"CurrentSymlink=/etc/extensions/{ext}.raw\n" in conf
+    assert "MatchPattern=invalid@v.raw" in inline_of(render_layers(c)["00_base-k8s"], "/etc/sysupdate.d/noop.conf")
+    assert [f["contents"]["source"] for f in files.values() if "source" in f["contents"]] == [
+        f"{url}/kubernetes-v1.30.5-x86-64.raw", f"{url}/crio-v1.30.4-x86-64.raw"]
     assert "releases/download/latest" not in yaml.safe_dump(base)
     links = {link["path"]: link["target"] for link in base["storage"]["links"]}
     assert links["/etc/extensions/kubernetes.raw"] == (
         "/opt/extensions/kubernetes/kubernetes-v1.30.5-x86-64.raw")
+    assert links["/etc/extensions/crio.raw"] == "/opt/extensions/crio/crio-v1.30.4-x86-64.raw"
     assert links["/etc/extensions/docker-flatcar.raw"] == "/dev/null"
     assert files["/etc/flatcar/enabled-sysext.conf"]["contents"]["inline"] == "zfs\npodman\n"
     units = {u["name"]: u for u in base["systemd"]["units"]}

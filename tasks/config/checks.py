@@ -168,3 +168,33 @@ def strip(value: Any) -> Any:
 
 def no_trailing_slash(value: Any) -> Any:
     return value.rstrip("/") if isinstance(value, str) else value
+
+
+class _UnquotedNumber(str):
+    """A version YAML read as a number whose text it cannot give back (1.30 -> 1.3)."""
+
+
+def kubernetes_version(value: Any) -> Any:
+    """1.36, "1.36", v1.36, "1.36.2" -> v1.36 / v1.36.2 (the bakery's and kubeadm's spelling).
+
+    YAML reads an unquoted 1.36 as a number: taken as written when its text is unambiguous
+    (two digits after the point), refused by quoted_version otherwise (1.30 arrives as 1.3)."""
+    if isinstance(value, float):
+        text = repr(value)
+        digits = text.partition(".")[2]
+        return f"v{text}" if len(digits) == 2 else _UnquotedNumber(f"v{text}")
+    if isinstance(value, str):
+        text = value.strip()
+        return f"v{text}" if text[:1].isdigit() else text
+    return value
+
+
+def quoted_version(value: str) -> str | None:
+    if isinstance(value, _UnquotedNumber):
+        return (f"YAML reads this unquoted version as the number {value[1:]} (1.30 and 1.3 look the same to it): "
+                f"quote it, e.g. \"{value[1:]}0\" or \"{value[1:]}\"")
+    return None
+
+
+def version_placeholder(url: str) -> str | None:
+    return None if "{version}" in url else "must contain {version}, where the release (e.g. v0.20.0) goes"

@@ -21,6 +21,7 @@ from tasks.config.checks import (
     fingerprint_text,
     free_port,
     host_address,
+    kubernetes_version,
     local_file,
     lower,
     name_server,
@@ -28,10 +29,12 @@ from tasks.config.checks import (
     not_apiserver_port,
     openssh_public_key,
     pod_subnet,
+    quoted_version,
     service_subnet,
     strip,
     token_lifetime,
     unicast_mac,
+    version_placeholder,
 )
 from tasks.config.settings import derived, section, setting
 from tasks.facts import KEY_ALGORITHMS
@@ -42,17 +45,14 @@ ROLES = (CONTROL_PLANE, WORKER)
 
 DNS_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 RFC1123 = "a lower-case RFC 1123 name: a-z, 0-9 and '-'"
-K8S_VERSION = r"v\d+\.\d+\.\d+"
-K8S_EXPECT = "a version such as v1.31.3"
+# A Kubernetes minor (v1.36: its newest patch, resolved by `doit lock`) or an exact release.
+K8S_VERSION = r"v\d+\.\d+(\.\d+)?"
+K8S_EXPECT = "a minor such as \"1.36\" (its newest patch) or a release such as v1.36.2"
 # kubeadm's metav1.Duration: Go duration text, or 0 for "never expires".
 GO_DURATION = r"0|(\d+h)?(\d+m)?(\d+s)?"
 URL = r"(https?|file)://\S+"
 NAME = r"[A-Za-z0-9_.-]+"
 LAYER_ROLES = ("all", CONTROL_PLANE, WORKER)
-# The remote artifacts a node downloads at first boot: a sha256 may be pinned for each.
-REMOTE_ARTIFACTS = (
-    "kubernetes", "crio", "cilium_cli", "kubernetes_sysupdate", "crio_sysupdate", "noop_sysupdate",
-)
 
 
 def pinned_image(default: str, *, help: str) -> Any:
@@ -162,15 +162,32 @@ class Flatcar:
         return self.base_url.replace("{channel}", self.channel).rstrip("/")
 
 
+def minor_of(version: str) -> str:
+    """v1.36.2 or v1.36 -> v1.36: the minor a Kubernetes or CRI-O version belongs to."""
+    return ".".join(version.split(".")[:2])
+
+
+def is_release(version: str) -> bool:
+    """True for an exact release (v1.36.2), False for a minor (v1.36)."""
+    return version.count(".") == 2
+
+
 @section
 class Kubernetes:
-    version: str = setting("v1.31.3", pattern=K8S_VERSION, expect=K8S_EXPECT,
-                           help="the Kubernetes sysext (kubeadm, kubelet, kubectl)")
-    crio_version: str = setting("v1.31.3", pattern=K8S_VERSION, expect=K8S_EXPECT,
-                                help="the CRI-O sysext")
-    cilium_cli_version: str = setting("v0.16.24", pattern=r"v\d+\.\d+\.\d+", expect="a tag such as v0.16.24",
+    version: str = setting("v1.36", normalize=kubernetes_version, pattern=K8S_VERSION, expect=K8S_EXPECT,
+                           check=(quoted_version,),
+                           help="the Kubernetes sysext: a minor (newest patch, via the lock) or an exact release")
+    crio_version: str = setting("", normalize=kubernetes_version, pattern=K8S_VERSION, expect=K8S_EXPECT,
+                                check=(quoted_version,),
+                                help="the CRI-O sysext, in Kubernetes' minor; default: that minor's newest patch")
+    cilium_cli_version: str = setting("v0.20.0", pattern=r"v\d+\.\d+\.\d+", expect="a tag such as v0.20.0",
                                       help="the Cilium CLI release")
-    cilium_version: str = setting("1.16.6", pattern=r"\d+\.\d+\.\d+", expect="a version such as 1.16.6",
+    cilium_cli_url: str = setting(
+        "https://github.com/cilium/cilium-cli/releases/download/{version}/cilium-linux-amd64.tar.gz",
+        pattern=r"https?://\S+", expect="an http(s):// URL", check=(version_placeholder,),
+        help="where the init node fetches the Cilium CLI tarball ({version} is substituted; beside it: .sha256sum)",
+    )
+    cilium_version: str = setting("1.20.2", pattern=r"\d+\.\d+\.\d+", expect="a version such as 1.20.2",
                                   help="the Cilium release the CLI installs")
     pod_subnet: ipaddress.IPv4Network = setting("10.244.0.0/16", check=(pod_subnet,), help="the pods' addresses")
     service_subnet: ipaddress.IPv4Network = setting("10.96.0.0/12", check=(service_subnet,),
@@ -182,24 +199,22 @@ class Kubernetes:
     key_algorithm: str = setting("rsa-2048", choices=KEY_ALGORITHMS, help="the key type of the CAs and admin.conf")
     sysext_base_url: str = setting(
         "https://extensions.flatcar.org/extensions", normalize=no_trailing_slash, pattern=r"https?://\S+",
-        expect="an http(s):// URL", help="where the nodes fetch sysexts (Flatcar sysext-bakery layout)",
+        expect="an http(s):// URL", help="where the nodes fetch and update sysexts (Flatcar sysext-bakery layout)",
     )
     official_sysexts: tuple[str, ...] = setting(("zfs", "podman"), pattern=r"[a-z0-9_-]+", expect="an extension name",
                                                 help="Flatcar's own extensions to enable")
-    sha256: tuple[tuple[str, str], ...] = setting(
-        (), keys=REMOTE_ARTIFACTS, normalize=lower, pattern=r"[0-9a-f]{64}", expect="64 hexadecimal digits",
-        help="optional sha256 of each remote artifact; when set, Ignition verifies the download",
-    )
     wait_timeout_s: int = setting(900, minimum=10, maximum=86400,
                                   help="how long `doit wait` waits for the API and every node to be Ready")
 
     @property
     def minor(self) -> str:
-        """v1.31.3 -> v1.31 (the sysupdate channel the node follows)."""
-        return ".".join(self.version.split(".")[:2])
+        """v1.36.2 or v1.36 -> v1.36 (the minor the nodes' updates stay in)."""
+        return minor_of(self.version)
 
-    def checksum(self, artifact: str) -> str | None:
-        return dict(self.sha256).get(artifact)
+    @property
+    def crio(self) -> str:
+        """The CRI-O version asked for: crio_version, or by default Kubernetes' minor."""
+        return self.crio_version or self.minor
 
 
 @section

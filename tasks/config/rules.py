@@ -13,7 +13,7 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 
-from tasks.config.model import CONTROL_PLANE, Cluster, Kubernetes, Network, Node, VmSpec, stable_mac
+from tasks.config.model import CONTROL_PLANE, Cluster, Kubernetes, Network, Node, VmSpec, minor_of, stable_mac
 from tasks.config.places import check_places
 from tasks.config.reader import Reader
 from tasks.config.settings import read_section, read_setting
@@ -155,10 +155,7 @@ def _check_control_planes(r: Reader, nodes: tuple[Node, ...], allow_even: bool) 
 
 
 def _check_kubernetes(r: Reader, k8s: Kubernetes, nodes: tuple[Node, ...], network: Network) -> None:
-    crio = ".".join(k8s.crio_version.split(".")[:2])
-    if r.clean("kubernetes.version") and r.clean("kubernetes.crio_version") and crio != k8s.minor:
-        r.problem("kubernetes.crio_version", f"{k8s.crio_version} does not match kubernetes.version {k8s.version}: "
-                  f"CRI-O {crio} serves Kubernetes {crio} only; use a {k8s.minor}.x release")
+    _check_crio_minor(r, k8s)
     if _subnets_overlap(r, k8s, network):
         return  # a node address inside the pod or service subnet is then explained already
     for i, node in enumerate(nodes):
@@ -181,3 +178,18 @@ def _subnets_overlap(r: Reader, k8s: Kubernetes, network: Network) -> bool:
                            "address ranges")
             found = True
     return found
+
+
+def _check_crio_minor(r: Reader, k8s: Kubernetes) -> None:
+    """CRI-O's minor is Kubernetes' (CRI-O 1.36 serves kubelet 1.36): one minor for both."""
+    crio, version = k8s.crio_version, k8s.version
+    if not crio or not r.clean("kubernetes.crio_version") or not r.clean("kubernetes.version"):
+        return
+    if minor_of(crio) != minor_of(version):
+        r.problem(
+            "kubernetes.crio_version",
+            f"{crio} is CRI-O {minor_of(crio)[1:]}, but kubernetes.version {version} is Kubernetes "
+            f"{minor_of(version)[1:]}: kubelet and CRI-O must share a minor (CRI-O releases one minor per "
+            f"Kubernetes minor, and updates never leave it); pin a {minor_of(version)[1:]} release "
+            "or remove kubernetes.crio_version to follow kubernetes.version",
+        )

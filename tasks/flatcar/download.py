@@ -176,6 +176,9 @@ def _attempt(
         raise DownloadError(f"{url}: TLS failure: {exc}", "check the mirror's certificate") from None
     except requests.exceptions.InvalidURL as exc:
         raise DownloadError(f"{url}: not a valid URL: {exc}") from None
+    except requests.TooManyRedirects:
+        raise DownloadError(f"{url}: redirected more than {session.max_redirects} times (a redirect loop)",
+                            "check the URL and the mirror's redirects") from None
     except requests.Timeout:
         raise _Transient(f"no answer within the timeout ({policy.connect_timeout:g} s to connect, "
                          f"{policy.read_timeout:g} s to respond)") from None

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.artifacts.pins import Pin, Pins, pins_for
 from tasks.config import Cluster, Node
+from tasks.config.model import minor_of
 from tasks.facts import APISERVER_PORT, CRI_SOCKET
 from tasks.paths import Src
 
 BUTANE_VERSION = "1.1.0"
-# Pinned on purpose: a moving tag (or podman auto-update) would change the control plane
-# under a running cluster. Bump deliberately.
-CILIUM_CLI_URL = "https://github.com/cilium/cilium-cli/releases/download/{version}/cilium-linux-amd64.tar.gz"
 
 BASE, HA, CP, INIT, JOIN_CP, JOIN = (
     "00_base-k8s", "10_base-ha", "20_base-ha-cp", "30_base-ha-init", "31_base-ha-join-cp", "32_base-ha-join",
@@ -106,27 +105,24 @@ def extra_layers(c: Cluster) -> dict[Path, str]:
     return names
 
 
-def _download(c: Cluster, key: str, url: str) -> dict[str, str | None]:
-    digest = c.kubernetes.checksum(key)
-    return {"url": url, "hash": f"sha256-{digest}" if digest else None}
+def _download(pin: Pin) -> dict[str, str | None]:
+    """A remote file for the `remote` macro: its URL, and the lock's hash when there is a lock."""
+    return {"url": pin.url, "hash": pin.hash}
 
 
-def _base(c: Cluster) -> Output:
+def _sysext(pin: Pin, base_url: str) -> dict[str, str | None]:
+    """A sysext image and what systemd-sysupdate needs to update it inside its minor."""
+    return {**_download(pin), "name": pin.name, "version": pin.version, "file": pin.file,
+            "minor": minor_of(pin.version), "updates_from": f"{base_url}/{pin.name}/"}
+
+
+def _base(c: Cluster, pins: Pins) -> Output:
     k = c.kubernetes
-    base = k.sysext_base_url
     ctx = {
         "butane_version": BUTANE_VERSION,
-        "kubernetes_version": k.version,
-        "kubernetes_minor": k.minor,
-        "crio_version": k.crio_version,
-        # sysext-bakery's layout on extensions.flatcar.org: images flat, the per-minor
-        # kubernetes sysupdate config in its folder, crio.conf and noop.conf at the top.
-        "kubernetes": _download(c, "kubernetes", f"{base}/kubernetes-{k.version}-x86-64.raw"),
-        "crio": _download(c, "crio", f"{base}/crio-{k.crio_version}-x86-64.raw"),
-        "kubernetes_sysupdate": _download(
-            c, "kubernetes_sysupdate", f"{base}/kubernetes/kubernetes-{k.minor}.conf"),
-        "crio_sysupdate": _download(c, "crio_sysupdate", f"{base}/crio.conf"),
-        "noop_sysupdate": _download(c, "noop_sysupdate", f"{base}/noop.conf"),
+        # Images flat under the bakery's base URL (what Ignition fetches at first boot); updates
+        # read <base>/<ext>/SHA256SUMS, confined to the minor by our own transfer definitions.
+        "sysexts": [_sysext(pins["kubernetes"], k.sysext_base_url), _sysext(pins["crio"], k.sysext_base_url)],
         "official_sysexts": list(k.official_sysexts),
         "ssh_authorized_keys": list(c.ssh_authorized_keys),
     }
@@ -138,7 +134,7 @@ def _merging(name: str, parent: str, doc: str, **values: Any) -> Output:
     return Output(name, name, ctx, doc, (ign_ref(parent),))
 
 
-def _control_plane_layer(c: Cluster) -> Output:
+def _control_plane_layer(c: Cluster, pins: Pins) -> Output:
     from tasks.pki.layout import node_files
 
     pki = [
@@ -156,7 +152,7 @@ def _control_plane_layer(c: Cluster) -> Output:
         keepalived_image=c.load_balancer.keepalived_image,
         haproxy_image=c.load_balancer.haproxy_image,
         container_start_timeout=CONTAINER_START_TIMEOUT,
-        b=_control_plane_steps(c),
+        b=_control_plane_steps(c, pins),
         # Quadlet needs Flatcar's podman sysext: add it on control planes if config omits it.
         enabled_sysexts=None if "podman" in sysexts else [*sysexts, "podman"],
     )
@@ -178,7 +174,7 @@ def _bootstrap() -> dict[str, Any]:
     return {"state_name": STATE_NAME, "state_dir": STATE_DIR, "restart_sec": RESTART_SEC, "cri_socket": CRI_SOCKET}
 
 
-def _control_plane_steps(c: Cluster) -> dict[str, Any]:
+def _control_plane_steps(c: Cluster, pins: Pins) -> dict[str, Any]:
     """Layer 20's part of the bootstrap: the scripts, and the Cilium and CoreDNS steps."""
     k = c.kubernetes
     return {
@@ -186,7 +182,7 @@ def _control_plane_steps(c: Cluster) -> dict[str, Any]:
         "keep_pki": KEEP_PKI,
         "kubeadm_dir": KUBEADM_DIR,
         "bootstrap_env": BOOTSTRAP_ENV,
-        "cilium_cli": _download(c, "cilium_cli", CILIUM_CLI_URL.format(version=k.cilium_cli_version)),
+        "cilium_cli": _download(pins["cilium_cli"]),
         "cilium_version": k.cilium_version,
         "cilium_options": _cilium_options(c),
     }
@@ -222,11 +218,11 @@ def virtual_router_id(cluster_name: str) -> int:
     return int.from_bytes(hashlib.sha256(cluster_name.encode()).digest()[:4], "big") % 255 + 1
 
 
-def _kubeadm_inputs(c: Cluster, node: Node, init: bool) -> dict[str, Any]:
+def _kubeadm_inputs(c: Cluster, node: Node, init: bool, kubernetes_version: str) -> dict[str, Any]:
     inputs: dict[str, Any] = {
         "init": init,
         "control_plane": node.is_control_plane,
-        "kubernetes_version": c.kubernetes.version,
+        "kubernetes_version": kubernetes_version,
         "endpoint": c.endpoint,
         "node_name": node.name,
         "node_ip": str(node.ip),
@@ -243,16 +239,17 @@ def _kubeadm_inputs(c: Cluster, node: Node, init: bool) -> dict[str, Any]:
     return inputs
 
 
-def _kubeadm_files(c: Cluster, node: Node) -> list[dict[str, Any]]:
+def _kubeadm_files(c: Cluster, node: Node, kubernetes_version: str) -> list[dict[str, Any]]:
     """The node's kubeadm configs, each with the private fragment Ignition appends to it.
 
     Every node can join. The first control plane can also init, but whether it does is decided
     at boot: a rebuilt first node joins the cluster that still answers.
     """
-    join = {"path": KUBEADM_CONFIGS["join"], "inputs": _kubeadm_inputs(c, node, False), "fragment": JOIN_FRAGMENT}
+    join = {"path": KUBEADM_CONFIGS["join"], "inputs": _kubeadm_inputs(c, node, False, kubernetes_version),
+            "fragment": JOIN_FRAGMENT}
     if node is not c.init_node:
         return [join]
-    init = {"path": KUBEADM_CONFIGS["init"], "inputs": _kubeadm_inputs(c, node, True),
+    init = {"path": KUBEADM_CONFIGS["init"], "inputs": _kubeadm_inputs(c, node, True, kubernetes_version),
             "fragment": INIT_TOKEN_FRAGMENT}
     return [init, join]
 
@@ -263,9 +260,9 @@ def _cluster_endpoints(c: Cluster, node: Node) -> list[str]:
     return [c.endpoint, *(f"{n.ip}:{APISERVER_PORT}" for n in c.control_planes if n is not node)]
 
 
-def _node(c: Cluster, node: Node, extras: list[str]) -> Output:
+def _node(c: Cluster, node: Node, extras: list[str], pins: Pins) -> Output:
     merge = [ign_ref(role_layer(c, node)), *(ign_ref(e) for e in extras)]
-    kubeadm = _kubeadm_files(c, node)
+    kubeadm = _kubeadm_files(c, node, pins["kubernetes"].version)
     net = c.network
     ctx = {
         "butane_version": BUTANE_VERSION,
@@ -290,13 +287,17 @@ def _node(c: Cluster, node: Node, extras: list[str]) -> Output:
     return Output(node.name, NODE_TEMPLATE, ctx, doc, tuple(refs))
 
 
-def outputs(c: Cluster) -> list[Output]:
-    """Every Butane file of the cluster with its context: cheap, no template is read."""
+def outputs(c: Cluster, pins: Pins | None = None) -> list[Output]:
+    """Every Butane file of the cluster with its context: cheap, no template is read.
+
+    pins: what the nodes download (tasks/artifacts/pins.py); by default, read from the lock
+    beside the config (offline)."""
+    pins = pins_for(c) if pins is None else pins
     extras = extra_layers(c)
     result = [
-        _base(c),
+        _base(c, pins),
         _merging(HA, BASE, "Render the HA base layer: container policy, the API wait helper"),
-        _control_plane_layer(c),
+        _control_plane_layer(c, pins),
         _control_plane_role(INIT, "Render the first control plane's layer: join the cluster that answers, "
                                      "or create it"),
         _control_plane_role(JOIN_CP, "Render the other control planes' layer: join the cluster that answers"),
@@ -306,5 +307,5 @@ def outputs(c: Cluster) -> list[Output]:
     ]
     for node in c.nodes:
         mine = [extras[p] for p in c.butane.layers_for(node.role)]
-        result.append(_node(c, node, list(dict.fromkeys(mine))))
+        result.append(_node(c, node, list(dict.fromkeys(mine)), pins))
     return result

@@ -17,13 +17,17 @@ def _flatcar_version(c: Cluster) -> str:
 
 
 def describe_cluster(c: Cluster) -> str:
+    from tasks.artifacts.pins import pins_for
+    from tasks.artifacts.wanted import shown
+
     net, k8s, fc = c.network, c.kubernetes, c.flatcar
     head = [
         f"cluster {c.name}  (config {c.source})",
         f"  endpoint     https://{c.endpoint}  (VIP {net.vip}, subnet {net.subnet}, "
         f"gateway {net.gateway}, dns {', '.join(map(str, net.dns))})",
-        f"  kubernetes   {k8s.version}, CRI-O {k8s.crio_version}, Cilium CLI {k8s.cilium_cli_version}, "
+        f"  kubernetes   {shown(k8s.version)}, CRI-O {shown(k8s.crio)}, Cilium CLI {k8s.cilium_cli_version}, "
         f"pods {k8s.pod_subnet}, services {k8s.service_subnet}, token TTL {k8s.token_ttl}",
+        f"  downloads    {pins_for(c).describe()}",
         f"  flatcar      {fc.channel} {_flatcar_version(c)}  from {fc.channel_url}",
         f"  signing key  {fc.signing_key_fingerprint}",
         f"  build        {c.build_dir}",

@@ -23,6 +23,7 @@ from tasks.errors import PipelineError, format_error
 from tasks.paths import PROJECT_ROOT, Build
 
 if TYPE_CHECKING:
+    from tasks.artifacts.pins import Pins
     from tasks.flatcar.image import ImageManifest
     from tasks.plan.hosts import Host
     from tasks.plan.layers import Output
@@ -78,12 +79,48 @@ class Context:
     def host_by_key(self, key: str) -> Host:
         return next(h for h in self.hosts.values() if h.key == key)
 
-    @functools.cached_property
+    @property
+    def pins(self) -> Pins:
+        """What the nodes download, pinned by the lock beside the config (offline). Read again when
+        the lock changed: `doit ha` writes it (task `lock`) after the tasks were loaded."""
+        from tasks.artifacts.pins import lock_stamp, pins_for
+
+        stamp = lock_stamp(self.cluster)
+        known = self.__dict__.get("_pins")
+        if known is None or known[0] != stamp:
+            known = (stamp, pins_for(self.cluster))
+            self.__dict__["_pins"] = known
+        return known[1]
+
+    @property
     def outputs(self) -> dict[str, Output]:
-        """Every rendered Butane file by name (one pass over the nodes, whatever the task count)."""
+        """Every rendered Butane file by name (one pass over the nodes, whatever the task count),
+        for the current pins."""
         from tasks.plan.layers import outputs
 
-        return {out.name: out for out in outputs(self.cluster)}
+        pins = self.pins
+        known = self.__dict__.get("_outputs")
+        if known is None or known[0] is not pins:
+            known = (pins, {out.name: out for out in outputs(self.cluster, pins)})
+            self.__dict__["_outputs"] = known
+        return known[1]
+
+    def check_downloads(self, node: Node) -> None:
+        """Before a VM is created: its Ignition's downloads are the lock's, and still published."""
+        from tasks.artifacts.ignition import check_ignition
+        from tasks.artifacts.resolve import check_published
+        from tasks.artifacts.wanted import wanted
+        from tasks.errors import ArtifactError
+
+        pins = self.pins
+        pins.require()
+        if not pins.locked:
+            raise ArtifactError(f"no {pins.lock}: {node.name}'s downloads are not pinned",
+                                "run `doit lock` (`doit ha` runs it first)")
+        check_ignition(self.paths.ign_file(node.name), pins, wanted(self.cluster))
+        if self.__dict__.get("_published") is not pins:
+            check_published(self.cluster, pins)  # once per run and lock
+            self.__dict__["_published"] = pins
 
     @property
     def image(self) -> ImageManifest:
@@ -134,6 +171,18 @@ def action(fn: Callable[Concatenate[Context, P], Any]) -> Callable[P, Any]:
     params = list(inspect.signature(fn).parameters.values())[1:]
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     return wrapper
+
+
+def checked_when_run(compute: Callable[[], str]) -> Any:
+    """doit's config_changed on a value computed when doit checks the task, not when it loads
+    the tasks: what an earlier task of the same run wrote (the lock, in `doit ha`) counts."""
+    from doit.tools import config_changed
+
+    class _WhenRun(config_changed):  # type: ignore[misc]
+        def _calc_digest(self) -> str:
+            return compute()
+
+    return _WhenRun(None)
 
 
 def recreate_requested(node: str) -> bool:

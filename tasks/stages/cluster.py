@@ -15,5 +15,6 @@ def task_new_cluster() -> dict[str, Any]:
 
 
 def task_ha() -> dict[str, Any]:
-    """Create every VM: new_cluster + image + overlays + VMs."""
-    return {"actions": None, "task_dep": ["new_cluster", "image", "vm"]}
+    """Create every VM: lock + new_cluster + image + overlays + VMs."""
+    # The lock first: a file the nodes would fail to download stops the run before any VM exists.
+    return {"actions": None, "task_dep": ["lock", "new_cluster", "image", "vm"]}

@@ -2,25 +2,35 @@
 
 What each output is (template, context, `local:` references) is planned in tasks/plan/layers.py;
 each subtask's `config_changed` is exactly its template context, so one worker's edit reruns only
-that worker's render.
+that worker's render. Contexts hold what the lock pins (versions, URLs, hashes): they are taken
+when a subtask runs, so a lock that `doit ha` wrote moments before is the one rendered. Without a
+usable lock (tasks/artifacts/pins.py) rendering stops with what to run; never a guessed file.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tasks.config import fingerprint
 from tasks.paths import Src
-from tasks.stages.base import Context, action, context
+from tasks.stages.base import Context, action, checked_when_run, context
 
 
 @action
 def write_output(ctx: Context, name: str) -> None:
+    import sys
+
     from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
+    from tasks.plan.layers import BASE
     from tasks.plan.templates import check_references, environment, render_output
 
+    pins = ctx.pins
+    pins.require()
+    if name == BASE and pins.notice:
+        print(pins.notice, file=sys.stderr)
     out = ctx.outputs[name]
     text = render_output(out, environment(ctx.cluster.flatcar.cache_dir / "jinja"))
     check_references(out, text)
@@ -37,10 +47,13 @@ def copy_extra(ctx: Context, source: Path, name: str) -> None:
     write_if_changed(ctx.paths.butane_file(name), source.read_bytes(), PUBLIC_FILE)
 
 
+def _context_digest(name: str) -> str:
+    out = context().outputs[name]
+    return fingerprint(out.template, out.context)
+
+
 def task_render() -> Iterator[dict[str, Any]]:
     """Render the Butane layers and one Butane file per node from config.yaml."""
-    from doit.tools import config_changed
-
     from tasks.plan.layers import extra_layers
 
     ctx = context()
@@ -51,8 +64,10 @@ def task_render() -> Iterator[dict[str, Any]]:
             "doc": out.doc,
             "actions": [(write_output, [out.name])],
             "file_dep": [str(out.template_path), *own],
+            # After `doit ha` (or lock) wrote the lock, even in parallel runs; offline, a no-op.
+            "task_dep": ["lock"],
             "targets": [str(ctx.paths.butane_file(out.name))],
-            "uptodate": [config_changed(fingerprint(out.template, out.context))],
+            "uptodate": [checked_when_run(functools.partial(_context_digest, out.name))],
             "clean": True,
         }
     for source, name in extra_layers(ctx.cluster).items():

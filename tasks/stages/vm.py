@@ -28,6 +28,7 @@ def create_vm(ctx: Context, node_name: str) -> None:
 
     c, paths = ctx.cluster, ctx.paths
     node = ctx.node(node_name)
+    ctx.check_downloads(node)
     host = ctx.host(node)
     image = ctx.image
     inputs = node_inputs(c, paths, node, image.sha256)
@@ -123,7 +124,7 @@ def task_vm() -> Iterator[dict[str, Any]]:
             "doc": f"VM {node.vm_name} on {node.vm.libvirt_uri}",
             "actions": [(create_vm, [node.name])],
             "file_dep": [manifest, str(ctx.paths.ign_file(node.name))],
-            "task_dep": [f"overlay:{node.name}"],
+            "task_dep": ["lock", f"overlay:{node.name}"],
             "uptodate": [config_changed(fingerprint(node)), (vm_is_current, [node.name], {})],
         }
 

@@ -11,6 +11,8 @@ imports another test module: what two tests need goes here.
     pki           make_pki, apiserver_pki, write_apiserver_cert (the project's own PKI code)
     fake_api      Kubernetes API stand-in on 127.0.0.1 with mutual TLS (wait, status)
     site          Flatcar release server on 127.0.0.1 that misbehaves on demand; image_cluster
+    bakery        a fake sysext-bakery and Cilium CLI release on that server (SHA256SUMS, redirects)
+    sysupdate     the real systemd-sysupdate (systemd 254, unpacked into .tools/) against a root
     gpg_keys      throwaway signing keys (good, other, expired, revoked) with the real gpg
     libvirtd      libvirtd + virtlogd under the machine-wide lock; stops only what it started
     vm_clusters   tiny clusters of real VMs on that libvirtd, swept afterwards

@@ -9,9 +9,15 @@ clusters can share a folder). Two bases:
   reissue admin.conf on every run), nothing shared with the repository;
 - "project": the repository's own config.yaml (the article's 3 + 2 cluster), build_dir moved.
 
+Both name exact Kubernetes and CRI-O releases (EXACT_VERSIONS), so they build offline without a
+lock; config.yaml's minor needs `doit lock` (tests do that against support/bakery.py). Their
+sysext and Cilium CLI URLs point at a closed port on 127.0.0.1 (NOWHERE) until a test names a
+fake bakery.
+
 An override is a top-level key (`name="x"`, `nodes=[...]`), a section merged key by key
 (`kubernetes={"key_algorithm": "rsa-2048"}`), or a dotted path that replaces one value, list
-items by index (`**{"nodes.4.ip": "192.168.122.99", "network.apiserver_port": 7443}`).
+items by index (`**{"nodes.4.ip": "192.168.122.99", "network.apiserver_port": 7443}`). DROP as
+a value removes the key (`kubernetes={"crio_version": DROP}`: the declared default applies).
 
 Nodes are written one per line in flow style (`  - {name: w1, role: worker, ip: ...}`), so
 `add_node`/`drop_node` edit the file as a person would, line by line.
@@ -33,6 +39,15 @@ PROJECT_CONFIG = PROJECT_ROOT / "config.yaml"
 VIP = "192.168.122.30"
 # A real OpenSSH public key (from Butane's test vectors): the config parses keys as sshd does.
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJJ8Tv/9Csjc5F2jq0O9rZSnPVX6hkdkkT28jxd0FAXP admin@lab.example"
+# Exact releases: without a lock they build offline (no hashes); a minor needs `doit lock`,
+# which tests run against the fake bakery (support/bakery.py publishes these).
+EXACT_VERSIONS = {"version": "v1.36.2", "crio_version": "v1.36.3"}
+# Where nodes' downloads come from unless a test names its fake bakery: loopback, port 9 (nothing
+# listens), so a test that reaches `doit lock` by mistake fails there, and never asks the internet.
+NOWHERE = "http://127.0.0.1:9"
+OFFLINE_KUBERNETES = {**EXACT_VERSIONS, "sysext_base_url": f"{NOWHERE}/extensions",
+                      "cilium_cli_url": f"{NOWHERE}/cilium-cli/{{version}}/cilium-linux-amd64.tar.gz"}
+DROP: Any = type("Drop", (), {"__repr__": lambda self: "DROP"})()
 
 
 def node(name: str, role: str, ip: str, **extra: Any) -> dict[str, Any]:
@@ -60,7 +75,7 @@ def small_config(where: Path) -> dict[str, Any]:
         "name": "t1",
         "nodes": small_nodes(),
         "network": {"vip": VIP, "gateway": "192.168.122.1"},
-        "kubernetes": {"key_algorithm": "ecdsa-p256", "ca_validity_days": 365},
+        "kubernetes": {"key_algorithm": "ecdsa-p256", "ca_validity_days": 365, **OFFLINE_KUBERNETES},
         "flatcar": {"cache_dir": str(where / "cache")},
         "build_dir": str(where / "build"),
     }
@@ -70,6 +85,7 @@ def project_config(where: Path) -> dict[str, Any]:
     """config.yaml as data, building under `where` (its cache_dir stays the repository's)."""
     data: dict[str, Any] = yaml.safe_load(PROJECT_CONFIG.read_text())
     data["build_dir"] = str(where / "build")
+    data["kubernetes"].update(OFFLINE_KUBERNETES)
     return data
 
 
@@ -79,6 +95,8 @@ def config_data(where: Path, base: Literal["small", "project"] = "small", **over
     for key, value in overrides.items():
         if "." in key:
             _set_dotted(data, key, value)
+        elif value is DROP:
+            data.pop(key, None)
         elif isinstance(value, Mapping) and isinstance(data.get(key), dict):
             data[key] = _merged(data[key], value)
         else:
@@ -133,7 +151,9 @@ def drop_node(config: Path, name: str) -> None:
 def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(base))
     for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+        if value is DROP:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = _merged(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -147,6 +167,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         target = target[int(key)] if isinstance(target, list) else target.setdefault(key, {})
     if isinstance(target, list):
         target[int(last)] = copy.deepcopy(value)
+    elif value is DROP:
+        target.pop(last, None)
     else:
         target[last] = copy.deepcopy(value)
 

@@ -10,7 +10,10 @@ What it adapts so 2.14 can run here: it seeds passwd/group/shadow/gshadow (usera
 them), writes an SELinux config plus a no-op `setfiles` first on PATH (2.14 relabels at the
 end of the files stage), relabels spec 3.4.0 as 3.4.0-experimental (2.14 knows 3.4 only
 under that name) in the config and in every embedded child config, and replaces remote
-`source` URLs with `data:,` (the files stage would otherwise need the network).
+`source` URLs with `data:,` (the files stage would otherwise need the network). With
+`fetch=True` remote sources stay, with their `verification`: Ignition downloads them (tests
+point them at 127.0.0.1) and checks their hashes, as on a node; `ignition.timeouts.httpTotal`
+then bounds its retries of a failing server (it retries 5xx forever otherwise).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def _relabel_version(version: str) -> str:
     return "3.4.0-experimental" if version == "3.4.0" else version
 
 
-def _child_config(resource: dict[str, Any]) -> None:
+def _child_config(resource: dict[str, Any], fetch: bool) -> None:
     """Relabel a child config embedded as a data URL (merge / replace), re-encoding it."""
     source = resource.get("source")
     if not isinstance(source, str) or not source.startswith("data:"):
@@ -58,7 +61,7 @@ def _child_config(resource: dict[str, Any]) -> None:
         child = json.loads(resource_bytes(resource))
     except ValueError:
         return  # not JSON: leave it for Ignition to reject
-    child = prepare_config(child)
+    child = prepare_config(child, fetch=fetch)
     resource["source"] = "data:," + quote_from_bytes(json.dumps(child).encode(), safe="")
     resource["compression"] = ""
     resource.pop("verification", None)  # the bytes changed, so a hash would no longer match
@@ -78,18 +81,20 @@ def _stub_config(version: str, index: int) -> str:
     return "data:," + quote_from_bytes(text.encode(), safe="")
 
 
-def prepare_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of config that Ignition 2.14 can apply offline."""
+def prepare_config(config: dict[str, Any], fetch: bool = False) -> dict[str, Any]:
+    """A copy of config that Ignition 2.14 can apply: offline, or fetching its remote files."""
     config = copy.deepcopy(config)
     ignition = config.setdefault("ignition", {})
     ignition["version"] = _relabel_version(ignition.get("version", ""))
     cfg = ignition.get("config", {})
     for index, resource in enumerate(cfg.get("merge", [])):
-        _child_config(resource)
+        _child_config(resource, fetch)
         _offline_resource(resource, _stub_config(ignition["version"], index))
     if "replace" in cfg:
-        _child_config(cfg["replace"])
+        _child_config(cfg["replace"], fetch)
         _offline_resource(cfg["replace"], _stub_config(ignition["version"], 0))
+    if fetch:
+        ignition.setdefault("timeouts", {})["httpTotal"] = 30
     tls = ignition.get("security", {}).get("tls", {})
     # A CA bundle must parse as PEM; drop remote ones rather than feed Ignition "data:,".
     tls["certificateAuthorities"] = [
@@ -99,7 +104,7 @@ def prepare_config(config: dict[str, Any]) -> dict[str, Any]:
     ]
     if not tls["certificateAuthorities"]:
         tls.pop("certificateAuthorities")
-    for file in config.get("storage", {}).get("files", []):
+    for file in [] if fetch else config.get("storage", {}).get("files", []):
         if "contents" in file:
             _offline_resource(file["contents"])
         for resource in file.get("append", []):
@@ -163,8 +168,8 @@ def seed_root(root: Path, config: dict[str, Any]) -> None:
     (etc / "selinux" / "config").write_text("SELINUX=disabled\nSELINUXTYPE=targeted\n")
 
 
-def apply_ignition(config: dict[str, Any], root: Path, *, timeout: float = 120) -> None:
-    """Run Ignition's fetch-offline and files stages for config into root."""
+def apply_ignition(config: dict[str, Any], root: Path, *, timeout: float = 120, fetch: bool = False) -> None:
+    """Run Ignition's fetch-offline and files stages for config into root (fetch: see the module doc)."""
     if not available():
         raise FileNotFoundError(f"{IGNITION_BINARY} is not installed (Debian package ignition)")
     root = root.resolve()
@@ -176,7 +181,7 @@ def apply_ignition(config: dict[str, Any], root: Path, *, timeout: float = 120) 
     staging = Path(tempfile.mkdtemp(prefix="realignition-"))
     try:
         staging.chmod(0o711)
-        _apply_staged(config, staging, timeout)
+        _apply_staged(config, staging, timeout, fetch)
         if root.exists():
             root.rmdir()
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +206,7 @@ def _copy_owned(src: str, dst: str) -> str:
     return str(shutil.copy2(src, dst, follow_symlinks=False))
 
 
-def _apply_staged(config: dict[str, Any], staging: Path, timeout: float) -> None:
+def _apply_staged(config: dict[str, Any], staging: Path, timeout: float, fetch: bool) -> None:
     root = staging / "root"
     work = staging / "work"
     (work / "bin").mkdir(parents=True)
@@ -211,7 +216,7 @@ def _apply_staged(config: dict[str, Any], staging: Path, timeout: float) -> None
     root.mkdir(mode=0o755)
     seed_root(root, config)
     config_file = work / "config.ign"
-    config_file.write_text(json.dumps(prepare_config(config)))
+    config_file.write_text(json.dumps(prepare_config(config, fetch)))
     env = {
         **os.environ,
         "PATH": f"{work / 'bin'}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
@@ -241,11 +246,11 @@ def _apply_staged(config: dict[str, Any], staging: Path, timeout: float) -> None
             )
 
 
-def apply_node_ignition(paths: Build, node: str, root: Path) -> Path:
+def apply_node_ignition(paths: Build, node: str, root: Path, *, fetch: bool = False) -> Path:
     """Apply the final Ignition `doit new_cluster` wrote for `node` into root (empty or absent)."""
     ign = paths.ign_file(node)
     assert ign.is_file(), f"doit new_cluster wrote no {ign}"
-    apply_ignition(json.loads(ign.read_text()), root)
+    apply_ignition(json.loads(ign.read_text()), root, fetch=fetch)
     return root
 
 

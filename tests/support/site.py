@@ -50,6 +50,8 @@ class Behaviour:
     drop_after: dict[str, list[int]] = field(default_factory=dict)
     # path -> list of byte counts: send that many bytes, then go silent (until teardown).
     stall_after: dict[str, list[int]] = field(default_factory=dict)
+    # path -> where a 302 sends the client (as extensions.flatcar.org does for every file).
+    redirects: dict[str, str] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -61,7 +63,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:
+    def do_HEAD(self) -> None:
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:
+        self.head_request = head
         b = self.server.behaviour
         path = self.path
         wanted = self.headers.get("Range")
@@ -69,6 +75,9 @@ class _Handler(BaseHTTPRequestHandler):
         forced = b.fail_first.get(path)
         if forced:
             self._reply(forced.pop(0), b"failing on purpose\n")
+            return
+        if path in b.redirects:
+            self._reply(302, b"", {"Location": b.redirects[path]})
             return
         body = b.files.get(path)
         if body is None:
@@ -93,6 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in extra.items():
             self.send_header(key, value)
         self.end_headers()
+        if head:
+            return
         try:
             if b.drop_after.get(path):
                 self.wfile.write(payload[: b.drop_after[path].pop(0)])
@@ -116,7 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
+        if not getattr(self, "head_request", False):
+            self.wfile.write(body)
 
 
 class _Server(ThreadingHTTPServer):

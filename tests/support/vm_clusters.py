@@ -1,7 +1,8 @@
 """Tiny clusters of real VMs on the test libvirtd, built by the real pipeline end to end.
 
 `vm_clusters(where, site, keys)` (the `make_cluster` fixture in conftest.py) publishes an empty
-qcow2 signed by the throwaway key on the test site, and yields a factory of `VmCluster`s: a
+qcow2 signed by the throwaway key and a fake sysext-bakery (`doit ha` locks the nodes' downloads
+first) on the test site, and yields a factory of `VmCluster`s: a
 config with unique names (several runs may share the libvirtd), guests of 256 MiB / 1 vCPU / no
 network, disks under IMAGES_ROOT. Whatever a cluster left on libvirt is swept at the end.
 """
@@ -18,7 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.configs import write_config
+from support.bakery import fake_bakery
+from support.configs import DROP, write_config
 from support.gpg_keys import Keys, write_key
 from support.libvirtd import LOCAL, virsh
 from support.pipeline import run_doit
@@ -42,7 +44,7 @@ def unique_name(prefix: str = "t6") -> str:
 
 
 def write_vm_config(where: Path, name: str, *, nodes: int, image_dir: Path, uri: str, base_url: str,
-                    key: Path, pin: str, version: str) -> Path:
+                    key: Path, pin: str, version: str, kubernetes: dict[str, str]) -> Path:
     """A cluster of `nodes` tiny guests (3 control planes from 3 nodes on, else 1) on `uri`."""
     control_planes = 3 if nodes >= 3 else 1  # etcd wants an odd number
     names = [f"cp{i}" if i <= control_planes else f"w{i}" for i in range(1, nodes + 1)]
@@ -52,7 +54,7 @@ def write_vm_config(where: Path, name: str, *, nodes: int, image_dir: Path, uri:
                "cache_dir": str(where / "cache")}
     vm = {"memory_mib": 256, "vcpus": 1, "disk_gib": 1, "libvirt_uri": uri, "libvirt_network": "none",
           "image_dir": str(image_dir), "graphics": "none"}
-    return write_config(where, name=name, nodes=node_list, flatcar=flatcar, vm=vm)
+    return write_config(where, name=name, nodes=node_list, flatcar=flatcar, vm=vm, kubernetes=kubernetes)
 
 
 @dataclass
@@ -100,12 +102,14 @@ def vm_clusters(where: Path, site: Site, keys: Keys) -> Iterator[MakeCluster]:
     image = tiny_qcow2(where / "base.qcow2").read_bytes()
     site.publish(VERSION, image, keys.sign(keys.good, image))
     key = write_key(where, keys, keys.good)
+    kubernetes = {**fake_bakery(site).settings(), "version": "1.36", "crio_version": DROP}
 
     def make(nodes: int, uri: str = LOCAL) -> VmCluster:
         name = unique_name()
         image_dir = IMAGES_ROOT / f"flatcar-ha-test-{name}"
         config = write_vm_config(where, name, nodes=nodes, image_dir=image_dir, uri=uri,
-                                 base_url=site.url + CHANNEL_ROOT, key=key, pin=keys.good, version=VERSION)
+                                 base_url=site.url + CHANNEL_ROOT, key=key, pin=keys.good, version=VERSION,
+                                 kubernetes=kubernetes)
         made.append(VmCluster(parse_config(config.read_text(), config), config, image_dir, uri))
         return made[-1]
 
