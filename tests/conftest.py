@@ -17,6 +17,7 @@ import pytest
 from support.configs import cluster_nodes, write_config
 from support.fake_api import ServerFactory, tls_api_servers
 from support.gpg_keys import Keys, gpg_missing, throwaway_keys
+from support.ha_rehearsal import Rehearsal, build_cluster, require_rehearsal_tools
 from support.libvirtd import Libvirt, libvirt_daemons
 from support.pipeline import build_ignition, run_tasks
 from support.pki import Pki, apiserver_pki, make_pki
@@ -67,6 +68,23 @@ def tls_api() -> Iterator[ServerFactory]:
         yield start
 
 
+@pytest.fixture(scope="module")
+def ha_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
+    """config.yaml's control planes booted in network namespaces with the real keepalived,
+    haproxy and etcd (support/ha_rehearsal.py), once per module; its tests share one worker.
+
+    HA_REHEARSAL_CHECKOUT=<a checkout> builds the nodes' files with that checkout's templates
+    instead (e.g. main's, to watch a scenario fail on the configs it had).
+    """
+    require_rehearsal_tools()
+    work = tmp_path_factory.mktemp("ha")
+    checkout = os.environ.get("HA_REHEARSAL_CHECKOUT")
+    built, roots = build_cluster(work, Path(checkout) if checkout else None)
+    with Rehearsal(built, roots, work / "run") as rehearsal:
+        rehearsal.boot_all()
+        yield rehearsal
+
+
 # --- built clusters and PKIs ---------------------------------------------------------------------
 
 
@@ -115,8 +133,9 @@ def applied_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 # --- policy --------------------------------------------------------------------------------------
 
 # Fixtures whose tests must share one pytest worker: the machine has one libvirtd, and a
-# session fixture per worker would make the workers take turns for their whole sessions.
-SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt"}
+# session fixture per worker would make the workers take turns for their whole sessions; the HA
+# rehearsal is built once per module and its timing bounds want one rehearsal at a time.
+SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt", "ha_rehearsal": "ha-rehearsal"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
