@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flatcar-ha benchmarks: medians of repeated runs and ratios measured side by side.
 
-    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...]
+    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...] [--ha-baseline CHECKOUT]
 
 Prints a markdown table and writes it, with a description of the machine, to
 bench/results.md. Absolute times vary between machines; the ratios are what we track.
@@ -284,7 +284,16 @@ SECTIONS: dict[str, Callable[[Results, int], None]] = {
                             "bench_download.py", "--size-mib", "1024", "--repeat", "3"),
     "vms": stand_alone("Serial vs parallel creation of 5 tiny VMs (bench/bench_vms.py)", "bench_vms.py",
                        "--rounds", "3"),
+    "ha": lambda res, n: ha_section(res, n),
 }
+
+HA_BASELINE: list[str] = []  # --ha-baseline CHECKOUT: also measure that checkout's configs
+
+
+def ha_section(res: Results, repeats: int) -> None:
+    """Failover of the control plane in the HA rehearsal (root: network namespaces)."""
+    stand_alone("Control-plane failover in the HA rehearsal (bench/bench_ha.py)", "bench_ha.py", "--returns", "3",
+                *HA_BASELINE)(res, repeats)
 
 
 def main() -> None:
@@ -292,7 +301,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument("--ha-baseline", type=Path, metavar="CHECKOUT",
+                        help="the ha section also measures this checkout's configs (e.g. an older main)")
     args = parser.parse_args()
+    if args.ha_baseline:
+        HA_BASELINE[:] = ["--baseline", str(args.ha_baseline.resolve()), "--baseline-name",
+                          f"{args.ha_baseline.name} (baseline)"]
     res = Results()
     for name, section in SECTIONS.items():
         if args.only and name not in args.only:

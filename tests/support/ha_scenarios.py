@@ -115,8 +115,9 @@ def master_returns(r: Rehearsal, *, order: tuple[str, ...] = BOOT_ORDER, pause: 
     _fill(out, poll, t0, t0, t1)
     # Preemption moves the VIP back: a connection open through the interim holder at that
     # instant is cut (the returning node has no state for it and resets it).
-    cut = [s for s in poll.between(t0, t1) if not s.ok and s.start <= back and s.end >= before]
-    out.extra["cut_by_vip_move"] = len(cut)
+    open_then = [s for s in poll.between(t0, t1) if s.start <= back and s.end >= before]
+    out.extra["open_at_vip_move"] = len(open_then)
+    out.extra["cut_by_vip_move"] = sum(not s.ok for s in open_then)
     out.extra["failed_at_s"] = [round(s.start - t0, 2) for s in poll.failures(t0, t1)]
     out.extra["vip_move_window_s"] = [round(before - t0, 2), round(back - t0, 2)]
     out.recovered_s = None  # meaningless: nothing was failing
