@@ -79,12 +79,13 @@ def ask(context: ssl.SSLContext, host: str, port: int, path: str = "/readyz",
     """GET path on a new connection; never raises."""
     conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
     try:
+        conn.connect()
+        # Read before the response: http.client drops the socket once a `Connection: close` body is read.
+        der = conn.sock.getpeercert(binary_form=True) if isinstance(conn.sock, ssl.SSLSocket) else None
+        fingerprint = hashlib.sha256(der).hexdigest() if der else None
         conn.request("GET", path)
         response = conn.getresponse()
         body = response.read(200).decode(errors="replace").strip()
-        sock = conn.sock
-        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        fingerprint = hashlib.sha256(der).hexdigest() if der else None
         detail = body.splitlines()[0][:120] if body and response.status != 200 else ""
         return Answer(response.status, fingerprint, detail)
     except ssl.SSLCertVerificationError as exc:

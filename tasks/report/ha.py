@@ -75,7 +75,7 @@ def format_ha(c: Cluster, s: HaState) -> str:
     if s.members is None:
         lines.append(f"etcd members: unknown ({s.members_problem[:160]})")
     else:
-        named = ", ".join(m.name or f"{m.id:x} (not started)" for m in s.members)
+        named = ", ".join(sorted(m.name or f"{m.id:x} (not started)" for m in s.members))
         lines.append(f"etcd: {len(s.members)} members ({named}), {healthy} healthy, quorum {quorum(len(s.members))}")
     problems = loss_problems(c, s)
     if can_lose_one(c, s):
