@@ -10,6 +10,7 @@ Run with HA_REHEARSAL_CHECKOUT=<checkout of an older main> to see those configs 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -147,3 +148,19 @@ def test_verify_ha_refuses_when_one_more_loss_would_break_quorum(r: Rehearsal) -
     for n in r.nodes[:2]:
         assert f"losing {n.name}: etcd would keep 1 healthy of 3 members, quorum is 2" in proc.stdout
     assert "cannot lose a control plane right now" in proc.stdout
+
+
+def test_node_objects_live_in_etcd_behind_every_api_server(r: Rehearsal) -> None:
+    # What day-two node removal builds on: a Node deleted through the VIP is gone everywhere.
+    victim = r.built.cluster.workers[-1].name
+    code, body = r.curl(f"{r.vip_url}/api/v1/nodes/{victim}", client_cert=True)
+    assert code == 200 and json.loads(body)["metadata"]["name"] == victim
+    argv = ["curl", "--silent", "--request", "DELETE", "--write-out", "\n%{http_code}", "--cacert",
+            str(r.pki / "ca.crt"), "--cert", str(r.admin_cert), "--key", str(r.admin_key),
+            f"{r.vip_url}/api/v1/nodes/{victim}"]
+    assert r.host(*argv).rsplit("\n", 1)[1] == "200"
+    assert victim not in r.node_objects()
+    for n in r.nodes:
+        code, body = r.curl(f"https://{n.ip}:6443/api/v1/nodes", client_cert=True)
+        assert code == 200 and victim not in {i["metadata"]["name"] for i in json.loads(body)["items"]}
+    assert r.curl(f"{r.vip_url}/api/v1/nodes/{victim}", client_cert=True)[0] == 404

@@ -8,8 +8,13 @@ clients can tell the difference:
   `curl --cacert` need that); /healthz and /readyz answer 500 while the local etcd member
   (https://127.0.0.1:2379, as kubeadm's stacked etcd) is not healthy, /livez stays 200;
 - a client certificate, when presented, is verified against the cluster CA during the
-  handshake (a foreign one fails the handshake); /api/v1/nodes returns a NodeList to a
-  certificate in an admin group, 403 to anyone else (anonymous included), 503 without etcd;
+  handshake (a foreign one fails the handshake); the API answers a certificate in an admin
+  group, 403 anyone else (anonymous included), 503 without a healthy etcd member;
+- Node objects live in etcd under /registry/minions/<name>, as kube-apiserver keeps them (JSON
+  here, read and written through etcd's JSON gateway /v3/kv/*, so a write needs quorum): GET
+  /api/v1/nodes (a NodeList; ?watch=true streams an event every 0.5 s), GET and DELETE
+  /api/v1/nodes/<name>. Every API server sees the same objects; the harness seeds them
+  (Rehearsal.seed_nodes);
 - a control file (JSON, re-read when it changes) makes it slow: {"delay": seconds}.
 
 Every response carries `X-Rehearsal-Node: <node name>`, so a client behind the VIP can tell
@@ -19,6 +24,7 @@ which API server answered.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -34,6 +40,11 @@ from typing import Any
 ADMIN_GROUPS = frozenset({"system:masters", "kubeadm:cluster-admins"})
 ETCD_POLL_S = 0.5
 ETCD_TIMEOUT_S = 1.0
+NODES_PREFIX = "/registry/minions/"  # where kube-apiserver keeps Node objects
+
+
+class EtcdUnavailable(Exception):
+    """The local member did not answer a key-value request."""
 
 
 class EtcdHealth:
@@ -62,6 +73,34 @@ class EtcdHealth:
         except ValueError:
             ok = False
         return ok, f"etcd /health {response.status} {body[:80]!r}"
+
+    def kv(self, api: str, body: dict[str, str]) -> dict[str, Any]:
+        """POST etcd's JSON gateway /v3/kv/<api> (range, put, deleterange); keys are base64."""
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=3)
+        try:
+            conn.request("POST", f"/v3/kv/{api}", json.dumps(body), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            raise EtcdUnavailable(str(error)) from error
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise EtcdUnavailable(f"etcd {api} {response.status}: {data[:120]!r}")
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def nodes(self, name: str = "") -> list[dict[str, Any]]:
+        """Node objects: every one (name empty) or the one named."""
+        key = (NODES_PREFIX + name).encode()
+        body = {"key": _b64(key)}
+        if not name:
+            body["range_end"] = _b64(key[:-1] + bytes([key[-1] + 1]))  # the whole prefix
+        kvs = self.kv("range", body).get("kvs", [])
+        return [json.loads(base64.b64decode(kv["value"])) for kv in kvs]
+
+    def delete_node(self, name: str) -> bool:
+        return int(self.kv("deleterange", {"key": _b64((NODES_PREFIX + name).encode())}).get("deleted", 0)) > 0
 
     def _loop(self) -> None:
         while True:
@@ -92,33 +131,23 @@ class Control:
                 self.delay = float(json.load(handle).get("delay", 0.0))
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def node_list(names: list[str]) -> dict[str, Any]:
-    return {
-        "kind": "NodeList",
-        "apiVersion": "v1",
-        "metadata": {"resourceVersion": "1"},
-        "items": [
-            {
-                "metadata": {
-                    "name": name,
-                    "labels": {"node-role.kubernetes.io/control-plane": ""},
-                },
-                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-            }
-            for name in names
-        ],
-    }
+def node_list(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
 
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {
         "kind": "Status",
         "apiVersion": "v1",
-        "status": "Failure",
+        "status": "Success" if code < 300 else "Failure",
         "message": message,
         "reason": reason,
         "code": code,
@@ -171,20 +200,26 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(0.5)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self._serve("GET")
+
+    def do_DELETE(self) -> None:  # noqa: N802 - stdlib name
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
         server = self.server
         server.control.refresh()
         if server.control.delay:
             time.sleep(server.control.delay)
         path = self.path.split("?", 1)[0]
         etcd = server.etcd
-        if path == "/livez":
+        if path == "/livez" and method == "GET":
             self._send(200, b"ok")
-        elif path in ("/healthz", "/readyz"):
+        elif path in ("/healthz", "/readyz") and method == "GET":
             if etcd.healthy:
                 self._send(200, b"ok")
             else:
                 self._send(500, f"[-]etcd failed: {etcd.reason}\nhealthz check failed\n".encode())
-        elif path == "/version":
+        elif path == "/version" and method == "GET":
             self._json(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.3"})
         elif path.startswith("/api"):
             user, groups = self._groups()
@@ -195,14 +230,33 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(403, status(403, "Forbidden", f'User "{user}" cannot list nodes'))
             elif not etcd.healthy:
                 self._json(503, status(503, "ServiceUnavailable", "etcd is not available"))
-            elif path == "/api/v1/nodes" and "watch=true" in self.path:
-                self._watch()
-            elif path == "/api/v1/nodes":
-                self._json(200, node_list(server.node_names))
             else:
-                self._json(404, status(404, "NotFound", "the server could not find the resource"))
+                try:
+                    self._nodes(method, path)
+                except EtcdUnavailable as error:
+                    self._json(503, status(503, "ServiceUnavailable", f"etcd: {error}"))
         else:
             self._json(404, status(404, "NotFound", "the server could not find the resource"))
+
+    def _nodes(self, method: str, path: str) -> None:
+        etcd = self.server.etcd
+        name = path.removeprefix("/api/v1/nodes").strip("/")
+        if not path.startswith("/api/v1/nodes") or "/" in name or (method == "DELETE" and not name):
+            self._json(404, status(404, "NotFound", "the server could not find the resource"))
+        elif method == "GET" and not name and "watch=true" in self.path:
+            self._watch()
+        elif method == "GET" and not name:
+            self._json(200, node_list(etcd.nodes()))
+        elif method == "GET":
+            found = etcd.nodes(name)
+            if found:
+                self._json(200, found[0])
+            else:
+                self._json(404, status(404, "NotFound", f'nodes "{name}" not found'))
+        elif etcd.delete_node(name):
+            self._json(200, status(200, "", f'nodes "{name}" deleted'))
+        else:
+            self._json(404, status(404, "NotFound", f'nodes "{name}" not found'))
 
 
 class StandIn(socketserver.ThreadingMixIn, HTTPServer):
@@ -213,9 +267,9 @@ class StandIn(socketserver.ThreadingMixIn, HTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], context: ssl.SSLContext, node_name: str,
-                 node_names: list[str], etcd: EtcdHealth, control: Control) -> None:
+                 etcd: EtcdHealth, control: Control) -> None:
         super().__init__(address, Handler)
-        self.context, self.node_name, self.node_names = context, node_name, node_names
+        self.context, self.node_name = context, node_name
         self.etcd, self.control = etcd, control
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -240,9 +294,8 @@ class StandIn(socketserver.ThreadingMixIn, HTTPServer):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--node-name", required=True)
-    parser.add_argument("--node-names", required=True, help="comma-separated, for the NodeList")
     parser.add_argument("--bind", required=True)
     parser.add_argument("--port", type=int, default=6443)
     parser.add_argument("--cert", required=True)
@@ -264,8 +317,7 @@ def main() -> None:
     to_etcd.load_cert_chain(args.etcd_cert, args.etcd_key)
     etcd = EtcdHealth("127.0.0.1", args.etcd_port, to_etcd)
 
-    server = StandIn((args.bind, args.port), serving, args.node_name,
-                     args.node_names.split(","), etcd, Control(args.control))
+    server = StandIn((args.bind, args.port), serving, args.node_name, etcd, Control(args.control))
     log(f"serving https://{args.bind}:{args.port} as {args.node_name}")
     server.serve_forever(poll_interval=0.2)
 

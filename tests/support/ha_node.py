@@ -171,7 +171,6 @@ class ControlPlane:
     ns: str
     run_dir: Path
     etcd_initial_cluster: str
-    node_names: str  # every node of the cluster, for the stand-in's NodeList
     etcd_cluster_state: str = "new"
     anchor: subprocess.Popen[bytes] | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -256,7 +255,7 @@ class ControlPlane:
             ]  # fmt: skip
         if component == "apiserver":
             return [
-                sys.executable, str(STANDIN), "--node-name", f.name, "--node-names", self.node_names,
+                sys.executable, str(STANDIN), "--node-name", f.name,
                 "--bind", f.ip, "--port", str(APISERVER_PORT),
                 "--cert", f"{pki}/apiserver.crt", "--key", f"{pki}/apiserver.key", "--client-ca", f"{pki}/ca.crt",
                 "--etcd-ca", f"{pki}/etcd/ca.crt", "--etcd-cert", f"{pki}/apiserver-etcd-client.crt",

@@ -61,6 +61,7 @@ __all__ = ["BOOT_ORDER", "ControlPlane", "PollResult", "Rehearsal", "RehearsalEr
            "require_rehearsal_tools"]
 
 POLLER = Path(__file__).with_name("ha_poller.py")
+NODES_PREFIX = "/registry/minions/"  # the stand-ins' (and kube-apiserver's) Node objects in etcd
 PROGRAMS = ("ip", "nsenter", "unshare", "keepalived", "haproxy", "etcd", "etcdctl", "curl")
 # A libvirt URI nothing answers (loopback of the host namespace): `doit status` reports the
 # hypervisor unreachable at once instead of asking the machine's shared libvirtd.
@@ -233,7 +234,7 @@ class Rehearsal:
             self._plug(ns, f"n{i}", f.interface, f.address, f.mac)
             run_dir = self.work / f.name
             run_dir.mkdir(exist_ok=True)
-            self.nodes.append(ControlPlane(f, ns, run_dir, initial, ",".join(self.all_node_names)))
+            self.nodes.append(ControlPlane(f, ns, run_dir, initial))
 
     def _plug(self, ns: str, port: str, interface: str, address: IPv4Interface, mac: str | None) -> None:
         # Both ends are created inside our namespaces: names cannot clash with the machine's.
@@ -313,6 +314,7 @@ class Rehearsal:
         for n in self.nodes:
             n.start("etcd")
         wait_until("etcd healthy on every member", self.etcd_healthy_all, 60, 0.3)
+        self.seed_nodes()
         for component in ("apiserver", "haproxy"):
             for n in self.nodes:
                 n.start(component)
@@ -345,6 +347,7 @@ class Rehearsal:
                     n.start(component)
         self.down = None
         wait_until("etcd healthy on every member", self.etcd_healthy_all, timeout, 0.3)
+        self.seed_nodes()
         # With preemption the master takes the VIP back: wait for that, or the next scenario
         # would start on the wrong node in the middle of a VIP move.
         wait_until("the VIP on the configured master", lambda: self.holders() == [self.master.name], timeout, 0.2)
@@ -426,6 +429,26 @@ class Rehearsal:
         if not all(n.running("etcd") for n in self.nodes):
             return False
         return self.etcdctl(self.nodes, "endpoint", "health").returncode == 0
+
+    def node_objects(self) -> list[str]:
+        """The names of the Node objects in etcd (what every API server lists)."""
+        proc = self.etcdctl(self.nodes, "get", "--prefix", "--keys-only", NODES_PREFIX)
+        if proc.returncode != 0:
+            raise RehearsalError(f"etcdctl get {NODES_PREFIX}: {proc.stderr}")
+        return sorted(line.removeprefix(NODES_PREFIX) for line in proc.stdout.split() if line)
+
+    def seed_nodes(self) -> None:
+        """Put a Ready Node object in etcd for every node of the cluster that has none (as the
+        kubelets would have registered them)."""
+        control_planes = {n.name for n in self.built.cluster.control_planes}
+        present = set(self.node_objects())
+        for name in (n for n in self.all_node_names if n not in present):
+            labels = {"node-role.kubernetes.io/control-plane": ""} if name in control_planes else {}
+            node = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "labels": labels},
+                    "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+            proc = self.etcdctl(self.nodes, "put", NODES_PREFIX + name, json.dumps(node))
+            if proc.returncode != 0:
+                raise RehearsalError(f"etcdctl put {NODES_PREFIX}{name}: {proc.stderr}")
 
     def wait_quorum(self, timeout: float = 60) -> float:
         return wait_until("etcd quorum", lambda: self.etcdctl(self.nodes, "endpoint", "health").returncode == 0,
