@@ -125,9 +125,11 @@ def main() -> None:
             columns[name], runtimes[name] = measure(checkout, args.returns, Path(tmp))
     if args.json:
         args.json.write_text(json.dumps(columns, indent=1))
-    print(f"Real keepalived 2.2, haproxy 2.6, etcd 3.4 in network namespaces; a request through the VIP every "
-          f"{s.PERIOD:g} s (admin certificate, GET /api/v1/nodes) plus 6 open watches; {args.returns} power-off "
-          "rounds; median (min-max).\n")
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at the end {' '.join(load)} "
+          f"(other work on the machine stretches the timings). Real keepalived 2.2, haproxy 2.6, etcd 3.4 in "
+          f"network namespaces; a request through the VIP every {s.PERIOD:g} s (admin certificate, GET "
+          f"/api/v1/nodes) plus 6 open watches; {args.returns} power-off rounds; median (min-max).\n")
     print(table(columns, runtimes))
 
 

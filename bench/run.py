@@ -4,7 +4,8 @@
     .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...] [--ha-baseline CHECKOUT]
 
 Prints a markdown table and writes it, with a description of the machine, to
-bench/results.md. Absolute times vary between machines; the ratios are what we track.
+bench/results.md (with --only, the sections not run keep their previous results there).
+Absolute times vary between machines; the ratios are what we track.
 """
 
 from __future__ import annotations
@@ -261,6 +262,19 @@ def render(res: Results, repeats: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged(previous: str, fresh: str, reran_rows: bool) -> str:
+    """fresh's sections over previous: with --only, what was not run this time is kept as it was."""
+    def blocks(text: str) -> tuple[str, dict[str, str]]:
+        head, *rest = text.split("\n## ")
+        return head, {block.split("\n", 1)[0]: block for block in rest}
+
+    old_head, old = blocks(previous)
+    new_head, new = blocks(fresh)
+    reports = {**old, **new}
+    head = new_head if reran_rows else old_head
+    return "\n## ".join([head.rstrip("\n") + "\n", *(b.rstrip("\n") + "\n" for b in reports.values())])
+
+
 def stand_alone(title: str, script: str, *args: str) -> Callable[[Results, int], None]:
     """A bench of its own (it needs a server or libvirtd): its report is appended verbatim."""
 
@@ -315,6 +329,8 @@ def main() -> None:
         section(res, args.repeats)
     text = render(res, args.repeats)
     print(text)
+    if args.only and args.output.exists():
+        text = merged(args.output.read_text(), text, bool(res.rows or res.facts))
     args.output.write_text(text)
 
 

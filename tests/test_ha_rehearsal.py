@@ -11,6 +11,7 @@ Run with HA_REHEARSAL_CHECKOUT=<checkout of an older main> to see those configs 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 
@@ -33,7 +34,7 @@ def test_one_holder_the_configured_master_and_curl_through_the_vip(r: Rehearsal)
     out = s.single_holder(r)
     assert out.holders_seen == [r.master.name], out
     # keepalived starts even a MASTER instance as BACKUP and takes over after the master-down interval.
-    assert out.extra["vip_after_start_s"] <= s.MASTER_DOWN_S + s.SLACK_S, out
+    assert out.extra["vip_after_start_s"] <= s.START_S + s.MASTER_DOWN_S + s.SLACK_S, out
     assert out.extra["readyz_cacert"] == 200, out  # curl --cacert: the VIP presents a cluster-CA certificate
     assert out.extra["nodes_admin_cert"] == 200 and out.extra["nodelist"], out  # admin.conf's client cert
     assert out.extra["nodes_anonymous"] == 403, out
@@ -56,7 +57,8 @@ def test_one_api_server_down_costs_no_request(r: Rehearsal) -> None:
     assert out.holders_seen == [r.master.name], out  # an API server is not haproxy: the VIP stays
     assert out.requests >= 30 and out.failed == 0, out  # redispatch: a refused connect is retried elsewhere
     assert out.extra["return_failed"] == 0, out
-    assert out.extra["back_in_pool_s"] is not None and out.extra["back_in_pool_s"] <= 2 * 1 + 2 * s.SLACK_S, out
+    # rise 2 x inter 1 s, after the stand-in saw its etcd member (polled every 0.5 s).
+    assert out.extra["back_in_pool_s"] is not None and out.extra["back_in_pool_s"] <= 2 * 1 + 0.5 + 2 * s.SLACK_S, out
 
 
 def test_haproxy_death_gives_the_vip_up_within_seconds(r: Rehearsal) -> None:
@@ -67,7 +69,8 @@ def test_haproxy_death_gives_the_vip_up_within_seconds(r: Rehearsal) -> None:
     # Requests sent while the VIP still led to the dead haproxy fail (~5 per second of detection).
     assert out.recovered_s is not None and out.recovered_s <= 3 + 2 * s.SLACK_S, out
     assert out.failed <= (3 + s.SLACK_S) / s.PERIOD, out
-    assert out.extra["return_failed"] == 0, out
+    # Its return (systemd restarts it): the VIP comes back to the master, cutting only what was open then.
+    assert out.extra["return_failed"] == out.extra["return"]["cut_by_vip_move"], out
 
 
 def test_etcd_one_member_down_keeps_quorum_two_lose_it(r: Rehearsal) -> None:
@@ -77,8 +80,8 @@ def test_etcd_one_member_down_keeps_quorum_two_lose_it(r: Rehearsal) -> None:
     # The stand-in notices within 0.5 s; haproxy takes it out after fall 2 x inter 1 s.
     last = out.extra["last_answer_from_member_less_node_s"]
     assert last is None or last <= 0.5 + 2 * 1 + s.SLACK_S, out
-    # The few requests it answered 503 meanwhile are responses, which TCP mode cannot retry.
-    assert out.failed <= 4, out
+    # The requests it answered 503 meanwhile (a third of them) are responses, which TCP mode cannot retry.
+    assert out.failed <= math.ceil((0.5 + 2 * 1 + s.SLACK_S) / s.PERIOD / 3) + 1, out
     assert out.extra["put_two_down_rc"] != 0, "two of three members down must lose quorum"
     assert out.extra["standin_readyz_no_quorum"] == 500, out
 
@@ -113,6 +116,8 @@ def assert_clean_return(out: s.Outcome) -> None:
 def test_a_booting_node_never_takes_the_vip_before_its_haproxy(r: Rehearsal) -> None:
     out = s.early_keepalived(r)
     assert_clean_return(out)
+    # keepalived ran 3 s before haproxy (the boot ends when haproxy listens): the VIP came back after.
+    assert out.vip_moved_s is not None and out.vip_moved_s >= out.extra["boot_s"], out
 
 
 def test_verify_ha_on_a_healthy_cluster(r: Rehearsal) -> None:

@@ -19,10 +19,9 @@ from tasks.paths import Build
 from tasks.pki.store import rotate_pki
 from tasks.report.ha import can_lose_one, format_ha, loss_problems
 
-NOW = datetime.datetime.now(datetime.UTC)
-
 
 def test_the_host_issues_itself_a_short_lived_private_etcd_client_certificate(tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC)
     make_pki(tmp_path, key_algorithm="ecdsa-p256", validity_days=365, cluster_name="t")
     paths = Build(tmp_path)
     client = host_client(paths)
@@ -36,11 +35,11 @@ def test_the_host_issues_itself_a_short_lived_private_etcd_client_certificate(tm
     assert cert.subject.rfc4514_string() == f"CN={CLIENT_COMMON_NAME}"
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.CLIENT_AUTH]
-    assert cert.not_valid_after_utc - NOW <= datetime.timedelta(days=1)
+    assert cert.not_valid_after_utc - now <= datetime.timedelta(days=1)
     # Reused while it has time left; reissued near its end, and after the etcd CA changed.
     first = client.cert_file.read_bytes()
     assert host_client(paths).cert_file.read_bytes() == first
-    assert host_client(paths, now=NOW + datetime.timedelta(hours=13)).cert_file.read_bytes() != first
+    assert host_client(paths, now=now + datetime.timedelta(hours=13)).cert_file.read_bytes() != first
     second = client.cert_file.read_bytes()
     rotate_pki(paths.pki, key_algorithm="ecdsa-p256", validity_days=365, cluster_name="t")
     assert host_client(paths).cert_file.read_bytes() != second
