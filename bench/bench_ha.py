@@ -131,6 +131,9 @@ def main() -> None:
           f"network namespaces; a request through the VIP every {s.PERIOD:g} s (admin certificate, GET "
           f"/api/v1/nodes) plus 6 open watches; {args.returns} power-off rounds; median (min-max).\n")
     print(table(columns, runtimes))
+    print("\nA failed request during a return is one that was open through the interim holder at the instant the "
+          "returning master took the VIP back (preemption resets it; README, \"Preemption, on purpose\"). The etcd "
+          "member's 503s are responses, which haproxy in TCP mode cannot retry.")
 
 
 if __name__ == "__main__":
