@@ -19,6 +19,7 @@ from tasks.stages.secrets import task_secrets
 from tasks.stages.show import task_show
 from tasks.stages.status import task_status
 from tasks.stages.translate import task_translate
+from tasks.stages.verify import task_verify_ha
 from tasks.stages.vm import task_rm_ha, task_rm_vm, task_vm
 from tasks.stages.wait import task_wait
 
@@ -58,6 +59,7 @@ __all__ = [
     "task_status",
     "task_translate",
     "task_verify_gpg",
+    "task_verify_ha",
     "task_vm",
     "task_wait",
 ]

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """flatcar-ha benchmarks: medians of repeated runs and ratios measured side by side.
 
-    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...]
+    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...] [--ha-baseline CHECKOUT]
 
 Prints a markdown table and writes it, with a description of the machine, to
-bench/results.md. Absolute times vary between machines; the ratios are what we track.
+bench/results.md (with --only, the sections not run keep their previous results there).
+Absolute times vary between machines; the ratios are what we track.
 """
 
 from __future__ import annotations
@@ -263,6 +264,19 @@ def render(res: Results, repeats: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged(previous: str, fresh: str, reran_rows: bool) -> str:
+    """fresh's sections over previous: with --only, what was not run this time is kept as it was."""
+    def blocks(text: str) -> tuple[str, dict[str, str]]:
+        head, *rest = text.split("\n## ")
+        return head, {block.split("\n", 1)[0]: block for block in rest}
+
+    old_head, old = blocks(previous)
+    new_head, new = blocks(fresh)
+    reports = {**old, **new}
+    head = new_head if reran_rows else old_head
+    return "\n## ".join([head.rstrip("\n") + "\n", *(b.rstrip("\n") + "\n" for b in reports.values())])
+
+
 def stand_alone(title: str, script: str, *args: str) -> Callable[[Results, int], None]:
     """A bench of its own (it needs a server or libvirtd): its report is appended verbatim."""
 
@@ -286,7 +300,16 @@ SECTIONS: dict[str, Callable[[Results, int], None]] = {
                             "bench_download.py", "--size-mib", "1024", "--repeat", "3"),
     "vms": stand_alone("Serial vs parallel creation of 5 tiny VMs (bench/bench_vms.py)", "bench_vms.py",
                        "--rounds", "3"),
+    "ha": lambda res, n: ha_section(res, n),
 }
+
+HA_BASELINE: list[str] = []  # --ha-baseline CHECKOUT: also measure that checkout's configs
+
+
+def ha_section(res: Results, repeats: int) -> None:
+    """Failover of the control plane in the HA rehearsal (root: network namespaces)."""
+    stand_alone("Control-plane failover in the HA rehearsal (bench/bench_ha.py)", "bench_ha.py", "--returns", "3",
+                *HA_BASELINE)(res, repeats)
 
 
 def main() -> None:
@@ -294,7 +317,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument("--ha-baseline", type=Path, metavar="CHECKOUT",
+                        help="the ha section also measures this checkout's configs (e.g. an older main)")
     args = parser.parse_args()
+    if args.ha_baseline:
+        HA_BASELINE[:] = ["--baseline", str(args.ha_baseline.resolve()), "--baseline-name",
+                          f"{args.ha_baseline.name} (baseline)"]
     res = Results()
     for name, section in SECTIONS.items():
         if args.only and name not in args.only:
@@ -303,6 +331,8 @@ def main() -> None:
         section(res, args.repeats)
     text = render(res, args.repeats)
     print(text)
+    if args.only and args.output.exists():
+        text = merged(args.output.read_text(), text, bool(res.rows or res.facts))
     args.output.write_text(text)
 
 

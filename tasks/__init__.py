@@ -14,8 +14,9 @@ Code map (data flows config -> plan -> stages -> files; the README has the long 
     artifacts/ every file the nodes download: asked for by the config, resolved into the lock
                beside it, checked in each node's Ignition, bundled for air-gapped sites
     libvirt/   virsh, domain XML, storage pools and volumes, preflight, what a hypervisor holds
-    kube/      the cluster's API from the host (verified sessions, readiness), kubeconfig merges
-    report/    what `show`, `status` and `graph` print
+    kube/      the cluster from the host: its API (verified sessions, readiness), etcd (the host's
+               short-lived client certificate, etcdctl), HA probes; kubeconfig merges
+    report/    what `show`, `status`, `verify_ha` and `graph` print
     stages/    every doit task creator (task_*) and its actions; only dodo.py imports a stage
 
 Libraries (everything but stages/) never import a stage or doit; tests/test_architecture.py

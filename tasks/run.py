@@ -23,6 +23,7 @@ INSTALL_HINTS: dict[str, str] = {
     "podman": "apt-get install podman, or set butane.backend: native",
     "docker": "install docker, or set butane.backend: native",
     "dot": "apt-get install graphviz",
+    "etcdctl": "apt-get install etcd-client",
 }
 
 

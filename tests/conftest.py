@@ -18,8 +18,11 @@ from support.bakery import Bakery, fake_bakery
 from support.configs import cluster_nodes, write_config
 from support.fake_api import ServerFactory, tls_api_servers
 from support.gpg_keys import Keys, gpg_missing, throwaway_keys
+from support.ha_rehearsal import Rehearsal, build_cluster
+from support.ha_rehearsal import require_rehearsal_tools as require_ha_tools
 from support.libvirtd import Libvirt, libvirt_daemons
-from support.node_rehearsal import Node, RehearsalBuild, booted_nodes, require_rehearsal_tools
+from support.node_rehearsal import Node, RehearsalBuild, booted_nodes
+from support.node_rehearsal import require_rehearsal_tools as require_node_tools
 from support.pipeline import build_ignition, run_tasks
 from support.pki import Pki, apiserver_pki, make_pki
 from support.realignition import AppliedCluster, apply_cluster_ignition, available
@@ -75,6 +78,23 @@ def tls_api() -> Iterator[ServerFactory]:
         yield start
 
 
+@pytest.fixture(scope="module")
+def ha_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
+    """config.yaml's control planes booted in network namespaces with the real keepalived,
+    haproxy and etcd (support/ha_rehearsal.py), once per module; its tests share one worker.
+
+    HA_REHEARSAL_CHECKOUT=<a checkout> builds the nodes' files with that checkout's templates
+    instead (e.g. main's, to watch a scenario fail on the configs it had).
+    """
+    require_ha_tools()
+    work = tmp_path_factory.mktemp("ha")
+    checkout = os.environ.get("HA_REHEARSAL_CHECKOUT")
+    built, roots = build_cluster(work, Path(checkout) if checkout else None)
+    with Rehearsal(built, roots, work / "run") as rehearsal:
+        rehearsal.boot_all()
+        yield rehearsal
+
+
 # --- built clusters and PKIs ---------------------------------------------------------------------
 
 
@@ -126,7 +146,7 @@ def applied_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="session")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> RehearsalBuild:
     """config.yaml's cluster built once; a node's Ignition applied by the real Ignition on first use."""
-    require_rehearsal_tools()
+    require_node_tools()
     return RehearsalBuild(tmp_path_factory.mktemp("rehearsal"))
 
 
@@ -159,8 +179,9 @@ def rehearsed(request: pytest.FixtureRequest, early_boots: dict[str, Node]) -> I
 # Fixtures whose tests must share one pytest worker: the machine has one libvirtd, and a
 # session fixture per worker would make the workers take turns for their whole sessions; the
 # node rehearsal's early boots start every marked test's node in the worker that runs the first
-# of them, so the others must run there too.
-SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt", "rehearsed": "node-rehearsal"}
+# of them, so the others must run there too; the HA rehearsal is built once per module and its
+# timing bounds want one rehearsal at a time.
+SHARED_RESOURCE_FIXTURES = {"libvirt": "libvirt", "rehearsed": "node-rehearsal", "ha_rehearsal": "ha-rehearsal"}
 
 
 # tryfirst: pytest-xdist turns the xdist_group marks into node ids (test@group) in its own

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +142,15 @@ def test_install_hints_name_exactly_the_programs_the_code_runs() -> None:
     run |= {"podman", "docker"} if "butane" in run else set()
     assert {"virsh", "gpg", "dot"} <= run
     assert set(INSTALL_HINTS) == run
+
+
+def test_another_checkouts_dodo_is_refused_not_run_with_this_code(tmp_path: Path) -> None:
+    # doit imports our state backend (an entry point) before dodo.py: with this virtualenv, another
+    # checkout's dodo.py would otherwise silently render this checkout's templates.
+    from support.pipeline import child_env
+
+    shutil.copy(PROJECT_ROOT / "dodo.py", tmp_path / "dodo.py")
+    proc = subprocess.run([sys.executable, "-m", "doit", "-f", str(tmp_path / "dodo.py"), "list"], cwd=tmp_path,
+                          capture_output=True, text=True, env=child_env(), timeout=60, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{tmp_path}/dodo.py is run with the flatcar-ha code of {PROJECT_ROOT}" in proc.stderr

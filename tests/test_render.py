@@ -102,8 +102,54 @@ def test_haproxy_binds_every_address_and_checks_every_control_plane(
     assert re.search(r"^\s*bind \*:7443$", cfg, re.MULTILINE)
     servers = re.findall(r"^\s*server (\S+) (\S+)$", cfg, re.MULTILINE)
     assert servers == [(n.name, f"{n.ip}:6443") for n in c.control_planes]
-    assert "http-check send meth GET uri /healthz" in cfg
-    assert re.search(r"default-server check check-ssl", cfg)
+    # A refused or dead backend costs a redispatched retry, not a client error (README: HA timers).
+    for line in ("retries 3", "option redispatch 1", "timeout connect 1s", "timeout check 5s",
+                 "http-check send meth GET uri /readyz",
+                 "default-server check check-ssl verify none inter 1s fall 2 rise 2"):
+        assert re.search(rf"^\s*{re.escape(line)}$", cfg, re.MULTILINE), line
+    # keepalived's checks ask haproxy's own state, on loopback only.
+    monitor = cfg.split("frontend monitor", 1)[1].split("backend apiserver", 1)[0]
+    assert re.search(r"^\s*bind 127\.0\.0\.1:6445$", monitor, re.MULTILINE)
+    assert "monitor fail if { nbsrv(apiserver) lt 1 }" in monitor and "{ path /livez }" in monitor
+    script = inline_of(render_layers(c)[CP], "/etc/keepalived/check_apiserver.sh")
+    assert 'url="http://127.0.0.1:6445/${1:-readyz}"' in script
+
+
+def test_monitor_port_is_a_setting(tmp_path: Path) -> None:
+    c = project_cluster(tmp_path, 3, 2, **{"load_balancer.monitor_port": 16445})
+    text = render_layers(c)[CP]
+    assert re.search(r"^\s*bind 127\.0\.0\.1:16445$", inline_of(text, "/etc/haproxy/haproxy.cfg"), re.MULTILINE)
+    assert "http://127.0.0.1:16445/" in inline_of(text, "/etc/keepalived/check_apiserver.sh")
+
+
+def vrrp_script(conf: str, name: str) -> dict[str, str]:
+    body = re.search(rf"^vrrp_script {name} \{{\n(.*?)\n\}}", conf, re.MULTILINE | re.DOTALL)
+    assert body, f"no vrrp_script {name}"
+    return dict((line.split(None, 1) + [""])[:2] for line in body.group(1).split("\n") if line.strip())
+
+
+def test_keepalived_leaves_a_node_whose_haproxy_is_dead_and_demotes_one_without_api(tmp_path: Path) -> None:
+    c = project_cluster(tmp_path, 3, 2)
+    for n in c.control_planes:
+        conf = inline_of(render_layers(c)[n.name], "/etc/keepalived/keepalived.conf")
+        haproxy, api = vrrp_script(conf, "check_haproxy"), vrrp_script(conf, "check_apiserver")
+        # No weight: a failing check_haproxy puts the instance in FAULT (the VIP goes at once).
+        assert "weight" not in haproxy and haproxy["script"] == '"/etc/keepalived/check_apiserver.sh livez"'
+        assert api["weight"] == "-3" and api["script"] == '"/etc/keepalived/check_apiserver.sh readyz"'
+        for check in (haproxy, api):
+            assert (check["interval"], check["fall"], check["rise"]) == ("1", "2", "2")
+            assert "init_fail" in check  # a booting node counts as failed until its haproxy answers
+        tracked = re.search(r"track_script \{\n(.*?)\n\s*\}", conf, re.DOTALL)
+        assert tracked and tracked.group(1).split() == ["check_haproxy", "check_apiserver"]
+
+
+def test_keepalived_starts_after_haproxy(tmp_path: Path) -> None:
+    text = render_layers(project_cluster(tmp_path))[CP]
+    keepalived = inline_of(text, "/etc/containers/systemd/keepalived.container")
+    haproxy = inline_of(text, "/etc/containers/systemd/haproxy.container")
+    assert re.search(r"^After=.*\bhaproxy\.service\b", keepalived, re.MULTILINE)
+    assert re.search(r"^Wants=.*\bhaproxy\.service\b", keepalived, re.MULTILINE)
+    assert "keepalived" not in "".join(re.findall(r"^(?:After|Wants|Requires)=.*$", haproxy, re.MULTILINE))
 
 
 def test_images_are_pinned_and_not_auto_updated(tmp_path: Path) -> None:
@@ -236,3 +282,4 @@ def test_each_context_holds_exactly_what_its_file_reads(tmp_path: Path) -> None:
     # A control plane's address is in haproxy (20), the init node's SANs, and every peer list.
     assert changed("d", {"nodes.2.ip": "192.168.122.98"}) == {CP, "node1-cp", "node2-cp", "node3-cp"}
     assert changed("e", {"ssh_authorized_keys": [SSH_KEY]}) == {"00_base-k8s"}
+    assert changed("f", {"load_balancer.monitor_port": 16445}) == {CP}

@@ -152,6 +152,21 @@ def token_lifetime(ttl: str) -> str | None:
     return None
 
 
+def not_kube_apiserver_port(port: int) -> str | None:
+    if port == APISERVER_PORT:
+        return (f"{APISERVER_PORT} is the kube-apiserver's own port on every control plane; haproxy's monitor "
+                "needs a port of its own (the default is 6445)")
+    return None
+
+
+def free_monitor_port(port: int) -> str | None:
+    """haproxy's monitor listens on the node's loopback, where the kubelet, etcd's metrics and the
+    controllers listen too: the same ports are taken."""
+    problem = free_port(port)
+    return problem.replace("such as 6444", "such as 6445") if problem else None
+    return None
+
+
 def lower(value: Any) -> Any:
     """Hex digits in either case (a MAC, a sha256); whatever YAML made of them is taken as text."""
     return str(value).lower()

@@ -19,6 +19,7 @@ from tasks.config.checks import (
     absolute_path,
     at_most,
     fingerprint_text,
+    free_monitor_port,
     free_port,
     host_address,
     kubernetes_version,
@@ -27,6 +28,7 @@ from tasks.config.checks import (
     name_server,
     no_trailing_slash,
     not_apiserver_port,
+    not_kube_apiserver_port,
     openssh_public_key,
     pod_subnet,
     quoted_version,
@@ -238,6 +240,11 @@ class LoadBalancer:
     keepalived_image: str = pinned_image("docker.io/osixia/keepalived:2.0.20", help="keepalived, which holds the VIP")
     haproxy_image: str = pinned_image("docker.io/library/haproxy:2.8.10-alpine",
                                       help="haproxy, which spreads the API over the control planes")
+    # keepalived's checks ask haproxy on this loopback port (never on the network), so a check
+    # answers from haproxy's own view of its pool and never waits on an API server.
+    monitor_port: int = setting(6445, minimum=1, maximum=65535, check=(not_kube_apiserver_port, free_monitor_port),
+                                help="haproxy's loopback-only port answering keepalived's checks "
+                                     "(not network.apiserver_port, not 6443)")
 
 
 @section

@@ -35,6 +35,7 @@ def read_cluster(r: Reader, data: dict[str, object], source: Path) -> Cluster:
     _check_network(r, c.network)
     _check_nodes(r, c)
     _check_kubernetes(r, c.kubernetes, c.nodes, c.network)
+    _check_ports(r, c)
     nodes = tuple(dataclasses.replace(n, mac=n.mac or stable_mac(c.name, n.name), vm_name=f"{c.name}-{n.name}")
                   for n in c.nodes)
     _check_macs(r, c.nodes, nodes)
@@ -82,6 +83,16 @@ def _check_network(r: Reader, network: Network) -> None:
     if not network.dns and r.clean("network.dns"):
         r.problem("network.dns", "is an empty list: the nodes could not resolve any name (image registries, "
                   "downloads); list name servers, or remove the key for the default (the gateway)")
+
+
+def _check_ports(r: Reader, c: Cluster) -> None:
+    # haproxy binds *:apiserver_port, which includes 127.0.0.1: its monitor needs another port.
+    port = c.load_balancer.monitor_port
+    if port == c.network.apiserver_port and r.clean("load_balancer.monitor_port") \
+            and r.clean("network.apiserver_port"):
+        r.problem("load_balancer.monitor_port",
+                  f"{port} is also network.apiserver_port, which haproxy binds on every address; "
+                  "give its monitor a port of its own (the default is 6445)")
 
 
 def _check_nodes(r: Reader, c: Cluster) -> None:

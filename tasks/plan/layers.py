@@ -147,6 +147,7 @@ def _control_plane_layer(c: Cluster, pins: Pins) -> Output:
         CP, HA, "Render the control-plane layer: CA files, keepalived and haproxy (Quadlet), Cilium and CoreDNS",
         pki=pki,
         apiserver_port=c.network.apiserver_port,
+        monitor_port=c.load_balancer.monitor_port,
         control_planes=[{"name": n.name, "ip": str(n.ip)} for n in c.control_planes],
         apiserver_local_port=APISERVER_PORT,
         keepalived_image=c.load_balancer.keepalived_image,

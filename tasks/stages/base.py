@@ -130,10 +130,28 @@ class Context:
         return read_image_manifest(self.paths.root)
 
 
+def check_checkout() -> None:
+    """The dodo.py doit runs must be this package's own checkout.
+
+    doit loads its plugins (our state backend, an entry point) before it reads dodo.py, so a
+    virtualenv's editable install decides which `tasks` package runs: another checkout's dodo.py
+    run with this venv's doit would silently render this checkout's templates.
+    """
+    dodo = sys.modules.get("dodo")
+    where = getattr(dodo, "__file__", None)
+    if where and Path(where).resolve().parent != PROJECT_ROOT:
+        checkout = Path(where).resolve().parent
+        raise PipelineError(
+            f"{checkout}/dodo.py is run with the flatcar-ha code of {PROJECT_ROOT} (this doit's virtualenv)",
+            f"use {checkout}/.venv/bin/doit, or PYTHONPATH={checkout}",
+        )
+
+
 @functools.cache
 def context() -> Context:
     """The run's context; on a bad config print every problem and exit 2 (no traceback)."""
     try:
+        check_checkout()
         c = load_config(config_path())
     except PipelineError as exc:
         print(format_error(exc), file=sys.stderr)

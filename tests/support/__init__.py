@@ -21,6 +21,10 @@ imports another test module: what two tests need goes here.
     realtools     haproxy, keepalived, systemd-analyze, Quadlet, systemd-networkd on our files
     node_rehearsal  each node's Ignition booted by the real systemd 252 with stand-ins (standins/):
                   RehearsalBuild, BootNode, Scenario; node_boot holds the booting (Node)
+    ha_rehearsal  the control planes in network namespaces with the real keepalived, haproxy, etcd
+                  (Rehearsal: boot, restore, faults, curl/etcdctl/doit from the host namespace);
+                  ha_node one control plane; ha_apiserver the API server stand-in (Node objects in
+                  etcd); ha_poller the client through the VIP; ha_scenarios the measured scenarios
     ignition      data URLs, what a config writes, semantic comparison of Ignition configs
     butane_vectors  Butane's conformance vectors and our scripts/butane on them
     layers        reading rendered Butane layers
