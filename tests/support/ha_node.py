@@ -154,8 +154,11 @@ def read_node(root: Path, name: str) -> NodeFiles:
     if not address or not mac or not gateway or not port:
         raise RehearsalError(f"{name}: no Address/MACAddress/Gateway in its .network or bind in haproxy.cfg")
     sans: tuple[str, ...] = ()
-    kubeadm = root / "etc/kubernetes/kubeadm/kubeadm.yaml"
-    if kubeadm.is_file():
+    # init.yaml on the node that may init (this checkout); kubeadm.yaml in older checkouts
+    # (HA_REHEARSAL_CHECKOUT) that had one config per node.
+    for kubeadm in (root / "etc/kubernetes/kubeadm/init.yaml", root / "etc/kubernetes/kubeadm/kubeadm.yaml"):
+        if not kubeadm.is_file():
+            continue
         for doc in yaml.safe_load_all(kubeadm.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "ClusterConfiguration":
                 sans = tuple(str(s) for s in doc.get("apiServer", {}).get("certSANs", []))
