@@ -1,4 +1,9 @@
-"""File writing that never leaves half-written or world-readable files behind."""
+"""File writing that never leaves half-written, world-readable or umask-dependent files behind.
+
+Every folder and file made here gets its mode explicitly (mkdir's and open's modes are masked by
+the user's umask, so a chmod follows), and only what this module creates is chmodded: an existing
+parent (the user's home, a shared build folder) keeps its mode.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,39 @@ from pathlib import Path
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 PUBLIC_FILE = 0o644
+# Stat fields that change whenever a file's content, mode or identity does: ctime cannot be set
+# back by a user (unlike mtime), so a file replaced "with its mtime kept" still differs.
+Signature = tuple[int, int, int, int]
+# atomic_write's temporary files are `.<name>.<random>.tmp`: what a killed run may leave behind.
+TEMP_SUFFIX = ".tmp"
+
+
+def make_dirs(path: Path, mode: int = PRIVATE_DIR) -> Path:
+    """Create path and any missing parents, each made with exactly `mode`; existing ones are untouched."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # made meanwhile by someone else: not ours to chmod
+        os.chmod(folder, mode)
+    return path
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create path (and parents) as 0700; tighten it if it already exists."""
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    os.chmod(path, PRIVATE_DIR)
+    """Create path (and missing parents) as 0700; tighten path itself if it already exists.
+
+    Only for folders the pipeline owns (inside build/<name>/ or its cache): path is chmodded.
+    """
+    make_dirs(path)
+    if os.stat(path).st_mode & 0o777 != PRIVATE_DIR:
+        os.chmod(path, PRIVATE_DIR)
     return path
 
 
@@ -24,11 +56,12 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> Non
     """Write data to path through a temp file + rename, created with `mode` from the start.
 
     The temporary file is created 0600 by mkstemp, so secrets are never briefly readable;
-    readers see either the old file or the new one, never a torn one.
+    readers see either the old file or the new one, never a torn one. A missing parent is made
+    0700.
     """
     payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_dirs(path.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -43,7 +76,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> Non
 
 
 def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> bool:
-    """atomic_write unless path already holds exactly data (keeps mtimes stable)."""
+    """atomic_write unless path already holds exactly data (keeps mtimes stable); mode re-asserted."""
     payload = data.encode() if isinstance(data, str) else data
     try:
         if path.read_bytes() == payload:
@@ -54,6 +87,11 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) ->
         pass
     atomic_write(path, payload, mode)
     return True
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What a cheap check compares before reading a file: inode, size, mtime and ctime."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def sha256_file(path: Path) -> str:
@@ -73,7 +111,7 @@ def private_tempdir(parent: Path | None = None, prefix: str = "tmp") -> Iterator
     import shutil
 
     if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(parent)
     path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     try:
         yield path

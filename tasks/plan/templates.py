@@ -24,7 +24,9 @@ def environment(bytecode_dir: Path | None = None) -> Any:
 
     cache = None
     if bytecode_dir is not None:
-        bytecode_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        from tasks.fsutil import make_dirs
+
+        make_dirs(bytecode_dir)
         cache = jinja2.FileSystemBytecodeCache(str(bytecode_dir))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Src.BUTANE)),

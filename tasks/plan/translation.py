@@ -10,6 +10,7 @@ own folder, as `butane -d <its folder>` would.
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def units(c: Cluster, paths: Build) -> list[Unit]:
 def is_private(path: Path) -> bool:
     """True unless everyone may read the file: such inputs make the output a secret too."""
     return not (path.stat().st_mode & stat.S_IROTH)
+
+
+def unit_inputs(unit: Unit, paths: Build) -> list[Path]:
+    """What a translation reads: its Butane file and every file it merges or embeds."""
+    return [paths.butane_file(unit.name), *(unit.files_dir / ref for ref in unit.refs)]
+
+
+def output_mode(inputs: Iterable[Path]) -> int:
+    """Secret in, secret out: 0600 when any input is private (a user's private layer or file, a
+    key), else 0644. Raises OSError for a missing input."""
+    from tasks.fsutil import PRIVATE_FILE, PUBLIC_FILE
+
+    return PRIVATE_FILE if any(is_private(p) for p in inputs) else PUBLIC_FILE
 
 
 def translate_bytes(source: Path, files_dir: Path, backend: str, container_image: str) -> bytes:

@@ -5,6 +5,12 @@ context first (the validated cluster, its build paths, the derived plan, the ima
 its expected failures (`PipelineError`) become a clean doit failure printed by `format_error`,
 without a traceback. Nothing here writes a file: loading the tasks (`doit list`) leaves the disk
 as it was.
+
+An `@action` writes: before it runs, the process takes the cluster's run lock (one writing run
+per cluster at a time; tasks/buildroot.py), finishes or undoes a PKI rotation a killed run left
+half done and removes killed runs' temporary files; after it, the write records of its outputs
+(tasks/written.py) are saved. `@read_action` is for actions that only look (show, status).
+The process's umask is narrowed to never grant group or world write, whatever the user's is.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import functools
 import inspect
 import os
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +34,7 @@ if TYPE_CHECKING:
     from tasks.flatcar.image import ImageManifest
     from tasks.plan.hosts import Host
     from tasks.plan.layers import Output
+    from tasks.written import Written
 
 P = ParamSpec("P")
 
@@ -122,6 +130,13 @@ class Context:
             check_published(self.cluster, pins)  # once per run and lock
             self.__dict__["_published"] = pins
 
+    @functools.cached_property
+    def written(self) -> Written:
+        """What the pipeline wrote under build/<name>/ (keyed digests, modes), read when first asked."""
+        from tasks.written import Written
+
+        return Written(self.paths)
+
     @property
     def image(self) -> ImageManifest:
         """The verified image's manifest, read when asked (`doit image` writes it during a run)."""
@@ -150,13 +165,18 @@ def check_checkout() -> None:
 @functools.cache
 def context() -> Context:
     """The run's context; on a bad config print every problem and exit 2 (no traceback)."""
+    # Whatever the user's umask, nothing this process creates is group or world writable.
+    os.umask(os.umask(0o022) | 0o022)
     try:
         check_checkout()
         c = load_config(config_path())
     except PipelineError as exc:
         print(format_error(exc), file=sys.stderr)
         raise SystemExit(2) from None
-    return Context(c, Build(c.build_dir))
+    ctx = Context(c, Build(c.build_dir))
+    # `doit -P process` forks its workers: the lock is taken before, so they all share it.
+    os.register_at_fork(before=functools.partial(_lock_before_fork, ctx))
+    return ctx
 
 
 def state_file() -> str:
@@ -170,19 +190,64 @@ def _remember_config() -> None:
     load_config(config_path(), remember_valid=True)
 
 
-def action(fn: Callable[Concatenate[Context, P], Any]) -> Callable[P, Any]:
-    """A doit Python action that receives the run's context first; expected errors fail cleanly."""
+_run_lock: int | None = None
+_run_lock_guard = threading.Lock()
 
+
+def hold_run_lock(ctx: Context) -> None:
+    """Take the cluster's run lock for the rest of the process (once), then repair after killed runs."""
+    global _run_lock
+    with _run_lock_guard:
+        if _run_lock is not None:
+            return
+        from tasks.buildroot import state_lock, sweep, take_run_lock
+        from tasks.pki.rotation import recover_rotation
+
+        _run_lock = take_run_lock(ctx.paths, f"cluster {ctx.cluster.name}")
+        ctx.written.reload()
+        with state_lock(ctx.paths):
+            outcome = recover_rotation(ctx.paths, ctx.written)
+            sweep(ctx.paths.root)
+        if outcome:
+            print(outcome, file=sys.stderr)
+        ctx.written.flush()
+
+
+def _lock_before_fork(ctx: Context) -> None:
+    if _run_lock is None:
+        try:
+            hold_run_lock(ctx)
+        except PipelineError:
+            pass  # each worker then fails cleanly when it tries
+
+
+def action(fn: Callable[Concatenate[Context, P], Any]) -> Callable[P, Any]:
+    """A doit Python action that writes: run lock first, records saved after; errors fail cleanly."""
+    return _guarded(fn, writes=True)
+
+
+def read_action(fn: Callable[Concatenate[Context, P], Any]) -> Callable[P, Any]:
+    """A doit Python action that only reads (no run lock, so it never waits for a long run)."""
+    return _guarded(fn, writes=False)
+
+
+def _guarded(fn: Callable[Concatenate[Context, P], Any], *, writes: bool) -> Callable[P, Any]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
         from doit.exceptions import TaskFailed
 
+        ctx = None
         try:
             ctx = context()
+            if writes:
+                hold_run_lock(ctx)
             _remember_config()
             result = fn(ctx, *args, **kwargs)
         except PipelineError as exc:
             return TaskFailed(format_error(exc))
+        finally:
+            if ctx is not None and writes and _run_lock is not None:
+                ctx.written.flush()
         return None if result is None or result is True else result
 
     # doit fills an action's parameters by name from its signature: show it without the context.
@@ -201,6 +266,25 @@ def checked_when_run(compute: Callable[[], str]) -> Any:
             return compute()
 
     return _WhenRun(None)
+
+
+def targets_intact(task: Any) -> bool:
+    """doit up-to-date check: every target is the file this pipeline last wrote, content and mode.
+
+    One stat per target while nothing changed (tasks/written.py); an edited, emptied or replaced
+    target, or a loosened mode, makes the task run again, and its action rewrites or refuses it.
+    """
+    written = context().written
+    from tasks.written import OK
+
+    return all(written.status(Path(target)) == OK for target in task.targets)
+
+
+def file_mode(path: Path) -> int:
+    """The permission bits of path (OSError when it is missing)."""
+    import stat
+
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 def recreate_requested(node: str) -> bool:

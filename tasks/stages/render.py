@@ -16,14 +16,14 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.paths import Src
-from tasks.stages.base import Context, action, checked_when_run, context
+from tasks.stages.base import Context, action, checked_when_run, context, file_mode, targets_intact
 
 
 @action
 def write_output(ctx: Context, name: str) -> None:
     import sys
 
-    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
+    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir
     from tasks.plan.layers import BASE
     from tasks.plan.templates import check_references, environment, render_output
 
@@ -36,15 +36,27 @@ def write_output(ctx: Context, name: str) -> None:
     check_references(out, text)
     ensure_private_dir(ctx.paths.butane)
     # No secret is ever rendered, so the Butane text itself is public (its folder is not).
-    write_if_changed(ctx.paths.butane_file(name), text, PUBLIC_FILE)
+    ctx.written.write(ctx.paths.butane_file(name), text, PUBLIC_FILE)
 
 
 @action
 def copy_extra(ctx: Context, source: Path, name: str) -> None:
-    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
+    from tasks.fsutil import ensure_private_dir
+    from tasks.plan.translation import output_mode
 
     ensure_private_dir(ctx.paths.butane)
-    write_if_changed(ctx.paths.butane_file(name), source.read_bytes(), PUBLIC_FILE)
+    # A user layer only its owner may read stays that way in our copy (and in its Ignition).
+    ctx.written.write(ctx.paths.butane_file(name), source.read_bytes(), output_mode([source]))
+
+
+def mode_follows_source(source: Path, name: str) -> bool:
+    """doit up-to-date check: the copy is private exactly when the user's layer is."""
+    from tasks.plan.translation import output_mode
+
+    try:
+        return file_mode(context().paths.butane_file(name)) == output_mode([source])
+    except OSError:
+        return False
 
 
 def _context_digest(name: str) -> str:
@@ -67,7 +79,7 @@ def task_render() -> Iterator[dict[str, Any]]:
             # After `doit ha` (or lock) wrote the lock, even in parallel runs; offline, a no-op.
             "task_dep": ["lock"],
             "targets": [str(ctx.paths.butane_file(out.name))],
-            "uptodate": [checked_when_run(functools.partial(_context_digest, out.name))],
+            "uptodate": [checked_when_run(functools.partial(_context_digest, out.name)), targets_intact],
             "clean": True,
         }
     for source, name in extra_layers(ctx.cluster).items():
@@ -77,5 +89,6 @@ def task_render() -> Iterator[dict[str, Any]]:
             "actions": [(copy_extra, [source, name])],
             "file_dep": [str(source)],
             "targets": [str(ctx.paths.butane_file(name))],
+            "uptodate": [targets_intact, (mode_follows_source, [source, name], {})],
             "clean": True,
         }
