@@ -60,10 +60,12 @@ def claim(paths: Build) -> None:
     atomic_write(paths.marker, json.dumps(record) + "\n", PRIVATE_FILE)
 
 
-# What earlier versions wrote at the top of build/<name>/: a folder holding only these is adopted.
+# What flatcar-ha writes at the top of build/<name>/: a folder holding only these is adopted.
 _KNOWN = frozenset({
     "doit-state.json", "pki", "pki-archive", "butane", "ign", "secrets", "admin.conf", "flatcar-image.json",
     "flatcar-version.json", "graph.dot", "graph.svg", "graph.png", "written.json", "digest.key",
+    # A run claiming the folder at the same moment writes these first.
+    ".flatcar-ha", ".run.lock", ".state.lock", ".pki-rotation.json",
 })
 
 
@@ -95,6 +97,19 @@ def take_run_lock(paths: Build, what: str) -> int:
     holder = f"pid {os.getpid()}: {shlex.join(['doit', *sys.argv[1:]])}, since {stamp}"
     os.ftruncate(fd, 0)
     os.pwrite(fd, holder.encode()[:500] + b"\n", 0)
+    return fd
+
+
+def try_run_lock(paths: Build) -> int | None:
+    """The run lock of an already claimed folder if no run holds it now (else None); never waits."""
+    if not paths.marker.is_file() or not paths.run_lock.is_file():
+        return None
+    fd = _open_lock(paths.run_lock)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
     return fd
 
 

@@ -1,11 +1,13 @@
-"""What the pipeline wrote under build/<name>/: each file's keyed digest, mode and stat signature.
+"""What the pipeline wrote under build/<name>/: each file's digest, mode and stat signature.
 
 doit only checks that a target exists, and mtimes can be set back: these records tell the file a
 stage wrote from an edited, emptied or replaced one by its content, so such a file is rebuilt (or,
 for the PKI, refused) instead of being used.
 
-- The digest is an HMAC-SHA256 under the cluster's own key (build/<name>/digest.key, 0600): the
-  record of an 8-character secret cannot be brute-forced from the record file.
+- A private file's digest is an HMAC-SHA256 under the cluster's own key (build/<name>/digest.key,
+  0600): the record of an 8-character secret cannot be brute-forced from the record file. A
+  public file's is a plain SHA-256, checkable without the key (a replaced CA certificate is seen
+  even if the key file is lost).
 - A check costs one stat while the signature (inode, size, mtime, ctime) is the recorded one; a
   replaced file has another ctime even with its mtime restored, and only then is the file read
   and digested. Every recorded file is small (PKI, Butane, Ignition, fragments), so no-op runs
@@ -76,6 +78,7 @@ class Written:
         self._files: dict[str, dict[str, Any]] | None = None
         self._touched: set[str] = set()
         self._key: bytes | None = None
+        self._key_id = ""
         self._guard = threading.RLock()
 
     # --- reading --------------------------------------------------------------------------------
@@ -119,7 +122,14 @@ class Written:
 
                     claim(self.paths)
                 self._key = load_key(self.paths.digest_key, create=create)
+                self._key_id = key_id(self._key) if self._key is not None else ""
             return self._key
+
+    @property
+    def key_id(self) -> str:
+        """The short name of the key (key() first); "" when there is none."""
+        self.key()
+        return self._key_id
 
     def recorded(self, path: Path) -> bool:
         rel = self._rel(path)
@@ -140,15 +150,28 @@ class Written:
         mode = OK if stat.S_IMODE(st.st_mode) == entry.get("mode") else MODE
         if entry.get("sig") == list(signature(st)):
             return mode
-        key = self.key()
-        if key is None or entry.get("key") != key_id(key):
+        current = self._digest(path, str(entry.get("digest")))
+        if current is None:
             return UNKNOWN
-        if not hmac.compare_digest(keyed_digest(key, path), str(entry.get("hmac"))):
+        if not hmac.compare_digest(current, str(entry.get("digest"))):
             return CHANGED
         with self._guard:
             entry["sig"] = list(signature(st))  # same content: saved with the next flush
             self._touched.add(str(rel))
         return mode
+
+    def _digest(self, path: Path, like: str) -> str | None:
+        """path's digest in the form of `like`: "sha256:<hex>" for a public file (no key needed, so
+        a replaced certificate is seen even without the key), "hmac:<key id>:<hex>" for a private
+        one; None when like names a key that is gone."""
+        if like.startswith("sha256:"):
+            from tasks.fsutil import sha256_file
+
+            return "sha256:" + sha256_file(path)
+        key = self.key()
+        if key is None or not like.startswith(f"hmac:{self._key_id}:"):
+            return None
+        return f"hmac:{self._key_id}:{keyed_digest(key, path)}"
 
     def owned(self, path: Path) -> bool:
         """True when path is a file the pipeline wrote and nobody changed since (safe to delete)."""
@@ -173,14 +196,20 @@ class Written:
         if mode is not None and stat.S_IMODE(st.st_mode) != mode:
             os.chmod(path, mode)
             st = os.stat(path)
-        key = self.key(create=True)
-        assert key is not None
-        entry = {"mode": stat.S_IMODE(st.st_mode), "sig": list(signature(st)), "key": key_id(key)}
+        public = bool(st.st_mode & stat.S_IROTH)
+        entry = {"mode": stat.S_IMODE(st.st_mode), "sig": list(signature(st))}
         with self._guard:
             old = self.files.get(rel)
-            if old is not None and all(old.get(k) == v for k, v in entry.items()):
+            if old is not None and all(old.get(k) == v for k, v in entry.items()) \
+                    and str(old.get("digest")).startswith("sha256:" if public else f"hmac:{self.key_id}:"):
                 return
-            self.files[rel] = {**entry, "hmac": keyed_digest(key, path)}
+        if public:
+            digest = self._digest(path, "sha256:")
+        else:
+            self.key(create=True)
+            digest = self._digest(path, f"hmac:{self._key_id}:")
+        with self._guard:
+            self.files[rel] = {**entry, "digest": digest}
             self._touched.add(rel)
 
     def forget(self, path: Path) -> None:

@@ -59,6 +59,7 @@ def test_a_second_run_names_the_holder_and_waits(tmp_path: Path) -> None:
     config = write_config(tmp_path, name="held")
     root = build_root(tmp_path, "held")
     ok(run_doit(config, "secrets"))  # the folder exists, claimed by a first run
+    assert (root / ".run.lock").is_file(), "no run lock in the build folder"
     with (root / ".run.lock").open("r+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write("pid 4242: doit ha, since earlier\n")

@@ -25,23 +25,23 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def keep_times(path: Path, change: Callable[[Path], None]) -> None:
+def keep_times(path: Path, change: Callable[[Path], object]) -> None:
     """change(path), then put its atime and mtime back (what `touch -r` would)."""
     before = path.stat()
     change(path)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def edit(fn: Callable[[str], str]) -> Callable[[Path], None]:
+def edit(fn: Callable[[str], str]) -> Callable[[Path], object]:
     """A change that rewrites a file's text in place (same inode)."""
     return lambda path: path.write_text(fn(path.read_text()))
 
 
-def replace_with(text: str) -> Callable[[Path], None]:
+def replace_with(text: str) -> Callable[[Path], object]:
     return edit(lambda _: text)
 
 
-REWRITTEN: dict[str, tuple[str, Callable[[Path], None]]] = {
+REWRITTEN: dict[str, tuple[str, Callable[[Path], object]]] = {
     "node-ign-edited": ("ign/cp1.ign", edit(lambda t: t.replace('"version"', '"version" ', 1))),
     "node-ign-empty": ("ign/w1.ign", replace_with("")),
     "node-ign-invalid-json": ("ign/w1.ign", replace_with("{not json")),
@@ -102,6 +102,8 @@ def test_an_edited_layer_is_restored_and_never_reaches_the_nodes(built: tuple[Pa
     ("pki/ca.key", 0o644, 0o600), ("pki/etcd/ca.key", 0o666, 0o600), ("pki/bootstrap-token", 0o644, 0o600),
     ("ign/cp1.ign", 0o644, 0o600), ("ign/w1.ign", 0o666, 0o600), ("secrets/kubeadm-join-discovery.yaml", 0o640, 0o600),
     ("butane/cp1.yaml", 0o666, 0o644), ("admin.conf", 0o644, 0o600),
+    ("pki", 0o755, 0o700), ("pki/etcd", 0o777, 0o700), ("ign", 0o755, 0o700), ("secrets", 0o711, 0o700),
+    (".", 0o755, 0o700),
 ])
 def test_a_loosened_mode_is_tightened_on_the_next_run(built: tuple[Path, Path], name: str, loosened: int,
                                                       expected: int) -> None:

@@ -215,20 +215,32 @@ def wait_until_ready(
 @contextlib.contextmanager
 def verified_session(target: ApiTarget) -> Iterator[requests.Session]:
     """A session that verifies the server against the cluster CA and presents admin.conf's
-    client certificate, written 0600 in a 0700 temporary folder removed afterwards."""
+    client certificate. TLS wants the key as a file: it lives in memory-only files (memfd) of
+    this process, so a killed run leaves no copy of the key on disk."""
     import requests
 
-    from tasks.fsutil import PRIVATE_FILE, atomic_write, private_tempdir
-
-    with private_tempdir(prefix="api-") as tmp, requests.Session() as session:
-        cert, key = tmp / "admin.crt", tmp / "admin.key"
-        atomic_write(cert, target.cert_pem, PRIVATE_FILE)
-        atomic_write(key, target.key_pem, PRIVATE_FILE)
+    with _memory_file("admin.crt", target.cert_pem) as cert, _memory_file("admin.key", target.key_pem) as key, \
+            requests.Session() as session:
         session.verify = str(target.ca_file)
-        session.cert = (str(cert), str(key))
+        session.cert = (cert, key)
         # An https_proxy in the environment would see the VIP traffic, or refuse it.
         session.trust_env = False
         yield session
+
+
+@contextlib.contextmanager
+def _memory_file(name: str, data: bytes) -> Iterator[str]:
+    """A path (/proc/self/fd/N) to data held in an anonymous in-memory file, gone with the process."""
+    import os
+
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def api_target(admin_conf: Path, ca_file: Path, server: str) -> ApiTarget:

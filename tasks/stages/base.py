@@ -200,17 +200,39 @@ def hold_run_lock(ctx: Context) -> None:
     with _run_lock_guard:
         if _run_lock is not None:
             return
-        from tasks.buildroot import state_lock, sweep, take_run_lock
-        from tasks.pki.rotation import recover_rotation
+        from tasks.buildroot import take_run_lock
 
         _run_lock = take_run_lock(ctx.paths, f"cluster {ctx.cluster.name}")
         ctx.written.reload()
-        with state_lock(ctx.paths):
-            outcome = recover_rotation(ctx.paths, ctx.written)
-            sweep(ctx.paths.root)
-        if outcome:
-            print(outcome, file=sys.stderr)
-        ctx.written.flush()
+        _repair(ctx)
+
+
+def tidy_if_free(ctx: Context) -> None:
+    """At the end of a run that wrote nothing (a no-op build): the same repair, if no run is going on."""
+    from tasks.buildroot import try_run_lock
+
+    with _run_lock_guard:
+        fd = None if _run_lock is not None else try_run_lock(ctx.paths)
+        if fd is None:
+            return
+        try:
+            ctx.written.reload()
+            _repair(ctx)
+        finally:
+            os.close(fd)
+
+
+def _repair(ctx: Context) -> None:
+    """Finish or undo an interrupted rotation and remove killed runs' leftovers (run lock held)."""
+    from tasks.buildroot import state_lock, sweep
+    from tasks.pki.rotation import recover_rotation
+
+    with state_lock(ctx.paths):
+        outcome = recover_rotation(ctx.paths, ctx.written)
+        sweep(ctx.paths.root)
+    if outcome:
+        print(outcome, file=sys.stderr)
+    ctx.written.flush()
 
 
 def _lock_before_fork(ctx: Context) -> None:
@@ -271,13 +293,23 @@ def checked_when_run(compute: Callable[[], str]) -> Any:
 def targets_intact(task: Any) -> bool:
     """doit up-to-date check: every target is the file this pipeline last wrote, content and mode.
 
-    One stat per target while nothing changed (tasks/written.py); an edited, emptied or replaced
-    target, or a loosened mode, makes the task run again, and its action rewrites or refuses it.
+    One stat per target and folder while nothing changed (tasks/written.py); an edited, emptied or
+    replaced target, or a loosened mode, makes the task run again, and its action rewrites or
+    refuses it (and re-asserts its folder's mode).
     """
-    written = context().written
+    from tasks.fsutil import PRIVATE_DIR
     from tasks.written import OK
 
-    return all(written.status(Path(target)) == OK for target in task.targets)
+    ctx = context()
+    targets = [Path(t) for t in task.targets]
+    try:
+        # Their folders too: build/<name>/ and everything in it is 0700.
+        folders = {p.parent for p in targets if p.parent.is_relative_to(ctx.paths.root)}
+        if any(file_mode(folder) != PRIVATE_DIR for folder in folders):
+            return False
+    except OSError:
+        return False
+    return all(ctx.written.status(target) == OK for target in targets)
 
 
 def file_mode(path: Path) -> int:

@@ -68,9 +68,18 @@ class AtomicJsonDB:
         return {}
 
     def dump(self) -> None:
-        """Save this run's changes (doit calls this at the end of a run), unless there are none."""
-        if not (self._touched or self._cleared):
-            return
+        """Save this run's changes (doit calls this at the end of a run), unless there are none.
+
+        Then, when no other run holds the cluster, clear what killed runs left (tasks/stages/
+        base.py): "cleaned at the next run" includes a run that wrote nothing.
+        """
+        if self._touched or self._cleared:
+            self._save()
+        from tasks.stages.base import context, tidy_if_free
+
+        tidy_if_free(context())
+
+    def _save(self) -> None:
         from tasks.buildroot import state_lock
         from tasks.errors import PipelineError, format_error
         from tasks.fsutil import PRIVATE_FILE, atomic_write
@@ -123,27 +132,29 @@ class KeyedChecker(FileChangedChecker):  # type: ignore[misc]
 
     def check_modified(self, file_path: str, file_stat: os.stat_result, state: Any) -> bool:
         from tasks.fsutil import signature
-        from tasks.written import key_id, keyed_digest
+        from tasks.written import keyed_digest
 
         if not _valid(state):
             return True  # written by another checker or version: check again
         if list(signature(file_stat)) == list(state[:4]):
             return False
-        key = _written().key()
-        if key is None or key_id(key) != state[4]:
+        written = _written()
+        key = written.key()
+        if key is None or written.key_id != state[4]:
             return True
         return bool(keyed_digest(key, Path(file_path)) != state[5])
 
     def get_state(self, dep: str, current_state: Any) -> list[Any] | None:
         from tasks.fsutil import signature
-        from tasks.written import key_id, keyed_digest
+        from tasks.written import keyed_digest
 
         sig = list(signature(os.stat(dep)))
-        key = _written().key(create=True)
+        written = _written()
+        key = written.key(create=True)
         assert key is not None
-        if _valid(current_state) and list(current_state[:5]) == [*sig, key_id(key)]:
+        if _valid(current_state) and list(current_state[:5]) == [*sig, written.key_id]:
             return None
-        return [*sig, key_id(key), keyed_digest(key, Path(dep))]
+        return [*sig, written.key_id, keyed_digest(key, Path(dep))]
 
 
 def _written() -> Any:

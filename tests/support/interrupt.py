@@ -10,7 +10,6 @@ rename of a PKI rotation) instead of hoping a random kill lands between two of t
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -89,7 +88,3 @@ def leftovers(root: Path) -> list[Path]:
     """Temporary files and staged sets under root: what a killed run leaves and the next run removes."""
     return sorted(p for p in root.rglob("*") if (p.name.startswith(".") and p.name.endswith(".tmp"))
                   or ".new-" in p.name)
-
-
-def dump(path: Path) -> str:
-    return json.dumps(sorted(str(p) for p in path.rglob("*")), indent=1)
