@@ -9,7 +9,9 @@ a time, and cleared of what killed runs left behind.
 - state lock: a short flock around each save of doit's state and of the write records, so readers
   (`doit status` during a long `doit ha`) save theirs without waiting for the run lock.
 - sweep: temporary files (`.<name>.<random>.tmp`) and staged sets (`.<name>.new-<random>/`) of
-  killed runs, removed by the next run that holds both locks, so never those of a live run.
+  killed runs, removed by the next run that holds both locks. Every write into the folder holds
+  one of them (the marker and the digest key are written under the state lock), so a sweep never
+  removes a live run's temporary file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +60,8 @@ def claim(paths: Build) -> None:
     make_dirs(root)
     os.chmod(root, PRIVATE_DIR)
     record = {"cluster": root.name, "claimed": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    atomic_write(paths.marker, json.dumps(record) + "\n", PRIVATE_FILE)
+    with _locked_state(paths):  # every write into the folder holds a lock a sweep also holds
+        atomic_write(paths.marker, json.dumps(record) + "\n", PRIVATE_FILE)
 
 
 # What flatcar-ha writes at the top of build/<name>/: a folder holding only these is adopted.
@@ -115,14 +119,34 @@ def try_run_lock(paths: Build) -> int | None:
 
 @contextlib.contextmanager
 def state_lock(paths: Build) -> Iterator[None]:
-    """The short lock around saving doit's state and the write records (claims the folder first)."""
+    """The short lock around saving doit's state and the write records (claims the folder first).
+
+    Re-entrant within a process (a nested use holds it already); threads of one process take turns.
+    """
     claim(paths)
-    fd = _open_lock(paths.state_lock)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _locked_state(paths):
         yield
-    finally:
-        os.close(fd)
+
+
+_state_guard = threading.RLock()
+_state_depth = 0
+
+
+@contextlib.contextmanager
+def _locked_state(paths: Build) -> Iterator[None]:
+    global _state_depth
+    with _state_guard:
+        fd = None
+        if _state_depth == 0:
+            fd = _open_lock(paths.state_lock)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _state_depth += 1
+        try:
+            yield
+        finally:
+            _state_depth -= 1
+            if fd is not None:
+                os.close(fd)
 
 
 def sweep(root: Path) -> list[Path]:

@@ -117,13 +117,20 @@ class Written:
         """The cluster's digest key; create: made when missing (the folder is claimed first)."""
         with self._guard:
             if self._key is None:
-                if create:
-                    from tasks.buildroot import claim
+                self._set_key(load_key(self.paths.digest_key, create=False))
+            if self._key is not None or not create:
+                return self._key
+        from tasks.buildroot import state_lock
 
-                    claim(self.paths)
-                self._key = load_key(self.paths.digest_key, create=create)
-                self._key_id = key_id(self._key) if self._key is not None else ""
+        # Lock order everywhere: the state lock before this object's guard.
+        with state_lock(self.paths):  # claims the folder; no sweep meanwhile
+            made = load_key(self.paths.digest_key, create=True)
+        with self._guard:
+            self._set_key(made)
             return self._key
+
+    def _set_key(self, key: bytes | None) -> None:
+        self._key, self._key_id = key, key_id(key) if key is not None else ""
 
     @property
     def key_id(self) -> str:
@@ -222,16 +229,15 @@ class Written:
         """Save this process's changes, merged into the records on disk (under the state lock)."""
         from tasks.buildroot import state_lock
 
-        with self._guard:
-            if not self._touched:
-                return
-            with state_lock(self.paths):
-                merged = self._read()
-                for rel in self._touched:
-                    if rel in self.files:
-                        merged[rel] = self.files[rel]
-                    else:
-                        merged.pop(rel, None)
-                text = json.dumps({"format": _FORMAT, "files": merged}, indent=1, sort_keys=True)
-                atomic_write(self.paths.written, text + "\n", PRIVATE_FILE)
+        if not self._touched:
+            return
+        with state_lock(self.paths), self._guard:
+            merged = self._read()
+            for rel in self._touched:
+                if rel in self.files:
+                    merged[rel] = self.files[rel]
+                else:
+                    merged.pop(rel, None)
+            text = json.dumps({"format": _FORMAT, "files": merged}, indent=1, sort_keys=True)
+            atomic_write(self.paths.written, text + "\n", PRIVATE_FILE)
             self._touched = set()
