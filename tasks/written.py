@@ -19,11 +19,8 @@ for the PKI, refused) instead of being used.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
-import secrets
 import stat
 import sys
 import threading
@@ -53,16 +50,22 @@ def load_key(path: Path, *, create: bool) -> bytes | None:
         pass
     if not create:
         return None
+    import secrets
+
     atomic_write(path, secrets.token_hex(32) + "\n", PRIVATE_FILE)
     return load_key(path, create=False)
 
 
 def key_id(key: bytes) -> str:
     """A short name of the key (not a secret: a digest of 32 random bytes)."""
+    import hashlib
+
     return hashlib.sha256(b"flatcar-ha key id\0" + key).hexdigest()[:12]
 
 
 def keyed_digest(key: bytes, path: Path) -> str:
+    import hmac
+
     mac = hmac.new(key, digestmod="sha256")
     with path.open("rb") as handle:
         while block := handle.read(1 << 20):
@@ -75,6 +78,7 @@ class Written:
 
     def __init__(self, paths: Build) -> None:
         self.paths = paths
+        self._root = os.fspath(paths.root) + os.sep
         self._files: dict[str, dict[str, Any]] | None = None
         self._touched: set[str] = set()
         self._key: bytes | None = None
@@ -83,11 +87,10 @@ class Written:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def _rel(self, path: Path) -> str | None:
-        try:
-            return Path(path).relative_to(self.paths.root).as_posix()
-        except ValueError:
-            return None
+    def _rel(self, path: Path | str) -> str | None:
+        """path relative to build/<name>/ (paths come from tasks/paths.py: absolute, normalised)."""
+        text, root = os.fspath(path), self._root
+        return text[len(root):] if text.startswith(root) else None
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
@@ -142,7 +145,7 @@ class Written:
         rel = self._rel(path)
         return rel is not None and rel in self.files
 
-    def status(self, path: Path) -> str:
+    def status(self, path: Path | str) -> str:
         """How path compares with what was recorded (one stat unless its signature changed)."""
         rel = self._rel(path)
         entry = self.files.get(rel) if rel is not None else None
@@ -160,25 +163,25 @@ class Written:
         current = self._digest(path, str(entry.get("digest")))
         if current is None:
             return UNKNOWN
-        if not hmac.compare_digest(current, str(entry.get("digest"))):
+        if current != entry.get("digest"):  # digests of files, not a secret compared with a guess
             return CHANGED
         with self._guard:
             entry["sig"] = list(signature(st))  # same content: saved with the next flush
             self._touched.add(str(rel))
         return mode
 
-    def _digest(self, path: Path, like: str) -> str | None:
+    def _digest(self, path: Path | str, like: str) -> str | None:
         """path's digest in the form of `like`: "sha256:<hex>" for a public file (no key needed, so
         a replaced certificate is seen even without the key), "hmac:<key id>:<hex>" for a private
         one; None when like names a key that is gone."""
         if like.startswith("sha256:"):
             from tasks.fsutil import sha256_file
 
-            return "sha256:" + sha256_file(path)
+            return "sha256:" + sha256_file(Path(path))
         key = self.key()
         if key is None or not like.startswith(f"hmac:{self._key_id}:"):
             return None
-        return f"hmac:{self._key_id}:{keyed_digest(key, path)}"
+        return f"hmac:{self._key_id}:{keyed_digest(key, Path(path))}"
 
     def owned(self, path: Path) -> bool:
         """True when path is a file the pipeline wrote and nobody changed since (safe to delete)."""

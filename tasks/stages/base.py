@@ -301,18 +301,29 @@ def targets_intact(task: Any) -> bool:
     from tasks.written import OK
 
     ctx = context()
-    targets = [Path(t) for t in task.targets]
+    root = str(ctx.paths.root)
     try:
         # Their folders too: build/<name>/ and everything in it is 0700.
-        folders = {p.parent for p in targets if p.parent.is_relative_to(ctx.paths.root)}
-        if any(file_mode(folder) != PRIVATE_DIR for folder in folders):
+        folders = {os.path.dirname(t) for t in task.targets}
+        if any(file_mode(f) != PRIVATE_DIR for f in folders if f == root or f.startswith(root + os.sep)):
             return False
     except OSError:
         return False
-    return all(ctx.written.status(target) == OK for target in targets)
+    return all(ctx.written.status(target) == OK for target in task.targets)
 
 
-def file_mode(path: Path) -> int:
+def mode_follows_inputs(task: Any) -> bool:
+    """doit up-to-date check: the target's mode is what its file_dep call for now (secret in,
+    secret out): an input made private since, with the same content, makes the output private."""
+    from tasks.plan.translation import output_mode
+
+    try:
+        return all(file_mode(target) == output_mode(task.file_dep) for target in task.targets)
+    except OSError:
+        return False
+
+
+def file_mode(path: Path | str) -> int:
     """The permission bits of path (OSError when it is missing)."""
     import stat
 

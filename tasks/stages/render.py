@@ -16,7 +16,7 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.paths import Src
-from tasks.stages.base import Context, action, checked_when_run, context, file_mode, targets_intact
+from tasks.stages.base import Context, action, checked_when_run, context, mode_follows_inputs, targets_intact
 
 
 @action
@@ -49,16 +49,6 @@ def copy_extra(ctx: Context, source: Path, name: str) -> None:
     ctx.written.write(ctx.paths.butane_file(name), source.read_bytes(), output_mode([source]))
 
 
-def mode_follows_source(source: Path, name: str) -> bool:
-    """doit up-to-date check: the copy is private exactly when the user's layer is."""
-    from tasks.plan.translation import output_mode
-
-    try:
-        return file_mode(context().paths.butane_file(name)) == output_mode([source])
-    except OSError:
-        return False
-
-
 def _context_digest(name: str) -> str:
     out = context().outputs[name]
     return fingerprint(out.template, out.context)
@@ -89,6 +79,6 @@ def task_render() -> Iterator[dict[str, Any]]:
             "actions": [(copy_extra, [source, name])],
             "file_dep": [str(source)],
             "targets": [str(ctx.paths.butane_file(name))],
-            "uptodate": [targets_intact, (mode_follows_source, [source, name], {})],
+            "uptodate": [targets_intact, mode_follows_inputs],
             "clean": True,
         }

@@ -102,6 +102,10 @@ class AtomicJsonDB:
 
     def set(self, task_id: str, dependency: str, value: Any) -> None:
         task = self._db.setdefault(task_id, {})
+        # As JSON gives it back (doit passes tuples, and "deps:" in a set's order, which changes
+        # with each process's hash seed; doit compares it as a set): an unchanged value is not a
+        # change, so a run of tasks that always run (show, status) does not rewrite the file.
+        value = sorted(value) if dependency == "deps:" else _as_json(value)
         if task.get(dependency, self) != value:
             task[dependency] = value
             self._touched.add(task_id)
@@ -120,6 +124,14 @@ class AtomicJsonDB:
         self._cleared = self._cleared or bool(self._db) or self.name.exists()
         self._db = {}
         self._touched = set()
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    return value
 
 
 def _valid(state: Any) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.plan.translation import Unit
-from tasks.stages.base import Context, action, context, file_mode, targets_intact
+from tasks.stages.base import Context, action, context, mode_follows_inputs, targets_intact
 
 
 @functools.cache
@@ -44,18 +44,6 @@ def translate_unit(ctx: Context, name: str) -> None:
     ctx.written.write(paths.ign_file(name), data, output_mode(unit_inputs(unit, paths)))
 
 
-def mode_follows_inputs(name: str) -> bool:
-    """doit up-to-date check: the Ignition file's mode is the one its inputs call for now (an input
-    made private since, with the same content, makes the output private too)."""
-    from tasks.plan.translation import output_mode, unit_inputs
-
-    paths = context().paths
-    try:
-        return file_mode(paths.ign_file(name)) == output_mode(unit_inputs(_units()[name], paths))
-    except OSError:
-        return False
-
-
 def task_translate() -> Iterator[dict[str, Any]]:
     """Translate each Butane file to Ignition (deps: the files it merges and embeds)."""
     from doit.tools import config_changed
@@ -72,6 +60,6 @@ def task_translate() -> Iterator[dict[str, Any]]:
             "actions": [(translate_unit, [unit.name])],
             "file_dep": [str(p) for p in unit_inputs(unit, paths)],
             "targets": [str(paths.ign_file(unit.name))],
-            "uptodate": [config_changed(backend), targets_intact, (mode_follows_inputs, [unit.name], {})],
+            "uptodate": [config_changed(backend), targets_intact, mode_follows_inputs],
             "clean": True,
         }
