@@ -9,7 +9,8 @@ a time, and cleared of what killed runs left behind.
 - state lock: a short flock around each save of doit's state and of the write records, so readers
   (`doit status` during a long `doit ha`) save theirs without waiting for the run lock.
 - sweep: temporary files (`.<name>.<random>.tmp`) and staged sets (`.<name>.new-<random>/`) of
-  killed runs, removed by the next run that holds both locks. Every write into the folder holds
+  killed runs, removed by the next run that holds both locks (beside the config, only the
+  lock file's own temporaries: that folder is the user's). Every write into the folder holds
   one of them (the marker and the digest key are written under the state lock), so a sweep never
   removes a live run's temporary file.
 """
@@ -68,6 +69,7 @@ def claim(paths: Build) -> None:
 _KNOWN = frozenset({
     "doit-state.json", "pki", "pki-archive", "butane", "ign", "secrets", "admin.conf", "flatcar-image.json",
     "flatcar-version.json", "graph.dot", "graph.svg", "graph.png", "written.json", "digest.key",
+    "bundle.tar", "etcd-client",
     # A run claiming the folder at the same moment writes these first.
     ".flatcar-ha", ".run.lock", ".state.lock", ".pki-rotation.json",
 })
@@ -167,3 +169,16 @@ def sweep(root: Path) -> list[Path]:
                 Path(folder, name).unlink(missing_ok=True)
                 removed.append(Path(folder, name))
     return removed
+
+
+def sweep_temporaries_of(path: Path) -> list[Path]:
+    """Remove the temporary files a killed atomic_write of path left beside it (in a folder that
+    is not ours, such as the config's: only path's own `.<name>.<random>.tmp`); return them."""
+    own = re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]{6,}" + re.escape(TEMP_SUFFIX))
+    try:
+        names = [n for n in os.listdir(path.parent) if own.fullmatch(n)]
+    except OSError:
+        return []
+    for name in names:
+        Path(path.parent, name).unlink(missing_ok=True)
+    return [Path(path.parent, name) for name in names]

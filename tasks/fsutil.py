@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -60,11 +61,20 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> Non
     0700.
     """
     payload = data.encode() if isinstance(data, str) else data
+    with atomic_output(path, mode) as handle:
+        handle.write(payload)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = PRIVATE_FILE) -> Iterator[BinaryIO]:
+    """atomic_write for writers that stream (an archive of GiBs): the handle's content replaces
+    path, fsynced, only when the block ends without an error. A killed run leaves a
+    `.<name>.<random>.tmp` (0600) that the next run sweeps (tasks/buildroot.py), never a torn path."""
     make_dirs(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
@@ -117,3 +127,20 @@ def private_tempdir(parent: Path | None = None, prefix: str = "tmp") -> Iterator
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def memory_file(name: str, data: bytes) -> Iterator[str]:
+    """A path (/proc/self/fd/N) to data held in an anonymous in-memory file of this process.
+
+    For a key that a library wants as a file (TLS client certificates): a killed run leaves no
+    copy on disk, whatever the temporary folder.
+    """
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)

@@ -10,16 +10,19 @@ FLATCAR_HA_KILL_TRIALS=<n> (the default keeps the suite's time reasonable).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from support.configs import build_root, write_config
+from support.bakery import Bakery
+from support.configs import DROP, build_root, write_config
 from support.interrupt import leftovers, run_killed_at, start_doit, trace_steps
 from support.pipeline import executed, ok, run_doit
 from support.pki import admin_signed_by, assert_whole_set
@@ -145,3 +148,36 @@ def test_new_cluster_killed_at_random_moments(tmp_path: Path) -> None:
         assert_recovers(config, root)
         if before is not None:
             assert ca.read_bytes() == before, f"trial {trial} (seed {SEED}): the PKI was replaced"
+
+
+def test_a_killed_lock_write_leaves_the_old_lock_or_the_new_whole_and_public(tmp_path: Path, bakery: Bakery) -> None:
+    """`doit lock` writes beside the config (the user's folder, committed to git): killed at any
+    of its file system changes, the lock is the old one or the new one, parseable and 0644 under
+    umask 000; the next run removes the killed run's temporary file there."""
+    def config_for(where: Path, minor: str) -> Path:
+        versions = {**bakery.settings(), "version": minor, "crio_version": DROP}
+        return write_config(where, name="locked", kubernetes=versions)
+
+    umask000 = ["sh", "-c", 'umask 000; exec "$@"', "sh"]
+    old_config = config_for(tmp_path / "traced", "1.36")
+    ok(run_doit(old_config, "lock"))
+    old = (tmp_path / "traced" / "locked.lock").read_text()
+    steps = trace_steps(config_for(tmp_path / "traced", "1.35"), "lock", log=tmp_path / "trace")
+    new = (tmp_path / "traced" / "locked.lock").read_text()
+    assert old != new
+    # The new lock appears by one rename over the old (never written in place, so never torn).
+    assert [s.call for s in steps if s.paths[-1:] == (str(tmp_path / "traced" / "locked.lock"),)] == ["replace"]
+    # Every change of the lock or its temporary file (the others are the build folder's own).
+    for step in [s.number for s in steps if any("locked.lock" in p for p in s.paths)]:
+        where = tmp_path / f"k{step}"
+        ok(run_doit(config_for(where, "1.36"), "lock"))
+        config = config_for(where, "1.35")
+        lock = where / "locked.lock"
+        killed = run_killed_at(config, step, "lock")
+        assert killed.returncode in (0, -signal.SIGKILL), killed.stdout + killed.stderr
+        assert lock.read_text() in (old, new), f"step {step}: a torn lock"
+        json.loads(lock.read_text())
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o644
+        ok(run_doit(config, "lock", prefix=umask000))
+        assert lock.read_text() == new and stat.S_IMODE(lock.stat().st_mode) == 0o644, f"step {step}"
+        assert [p.name for p in where.iterdir() if p.name.endswith(".tmp")] == [], f"step {step}: left behind"

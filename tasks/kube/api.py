@@ -219,28 +219,15 @@ def verified_session(target: ApiTarget) -> Iterator[requests.Session]:
     this process, so a killed run leaves no copy of the key on disk."""
     import requests
 
-    with _memory_file("admin.crt", target.cert_pem) as cert, _memory_file("admin.key", target.key_pem) as key, \
+    from tasks.fsutil import memory_file
+
+    with memory_file("admin.crt", target.cert_pem) as cert, memory_file("admin.key", target.key_pem) as key, \
             requests.Session() as session:
         session.verify = str(target.ca_file)
         session.cert = (cert, key)
         # An https_proxy in the environment would see the VIP traffic, or refuse it.
         session.trust_env = False
         yield session
-
-
-@contextlib.contextmanager
-def _memory_file(name: str, data: bytes) -> Iterator[str]:
-    """A path (/proc/self/fd/N) to data held in an anonymous in-memory file, gone with the process."""
-    import os
-
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
 
 
 def api_target(admin_conf: Path, ca_file: Path, server: str) -> ApiTarget:

@@ -224,12 +224,15 @@ def tidy_if_free(ctx: Context) -> None:
 
 def _repair(ctx: Context) -> None:
     """Finish or undo an interrupted rotation and remove killed runs' leftovers (run lock held)."""
-    from tasks.buildroot import state_lock, sweep
+    from tasks.artifacts.lockfile import lock_path
+    from tasks.buildroot import state_lock, sweep, sweep_temporaries_of
     from tasks.pki.rotation import recover_rotation
 
     with state_lock(ctx.paths):
         outcome = recover_rotation(ctx.paths, ctx.written)
         sweep(ctx.paths.root)
+        # `doit lock` writes beside the config (the user's folder), under this cluster's run lock.
+        sweep_temporaries_of(lock_path(ctx.cluster.source))
     if outcome:
         print(outcome, file=sys.stderr)
     ctx.written.flush()

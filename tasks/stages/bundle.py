@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.stages.base import Context, action, checked_when_run, context
+from tasks.stages.base import Context, action, checked_when_run, context, targets_intact
 
 
 @action
 def write_bundle(ctx: Context) -> None:
     from tasks.artifacts.bundle import write_bundle as write
+    from tasks.fsutil import PUBLIC_FILE
 
     write(ctx.cluster, ctx.paths.bundle)
+    # Recorded like every output: an archive edited or replaced since is made again, not shipped.
+    ctx.written.record(ctx.paths.bundle, PUBLIC_FILE)
 
 
 def _inputs() -> str:
@@ -34,6 +37,6 @@ def task_bundle() -> dict[str, Any]:
         "actions": [write_bundle],
         "task_dep": ["lock", "image"],
         "targets": [str(context().paths.bundle)],
-        "uptodate": [checked_when_run(_inputs)],
+        "uptodate": [checked_when_run(_inputs), targets_intact],
         "verbosity": 2,
     }
