@@ -141,7 +141,7 @@ def test_new_cluster_killed_at_random_moments(tmp_path: Path) -> None:
     duration = kill_while_working(write_config(tmp_path / "timed", name="random"), "new_cluster", 600)
     for trial in range(TRIALS):
         if trial % 2 == 0:
-            run_doit(config, "forget")  # every task runs again: doit's state and the records are rewritten
+            run_doit(config, "forget", "--all")  # every task runs again: doit's state and the records are rewritten
         kill_while_working(config, "new_cluster", rng.uniform(0, duration))
         ca = root / "pki" / "ca.crt"
         before = ca.read_bytes() if ca.exists() else None
