@@ -1,7 +1,8 @@
 """Modes that do not depend on the umask (issue 15, secrets): under umask 000 every folder and file
 the pipeline makes has its own mode, nothing is group or world writable, secrets are 0600 in 0700
 folders, and the result is the same as under umask 077. doit's state and the write records are
-0600 and hold no digest of a secret file; a private user layer stays private.
+0600 and hold no digest of a secret file; a private user layer stays private; no secret is
+printed (what a CI log would keep).
 """
 
 from __future__ import annotations
@@ -130,3 +131,32 @@ def test_a_layer_made_private_after_a_build_makes_its_outputs_private(tmp_path: 
     public.chmod(0o600)
     ok(run_doit(config, "new_cluster"))
     assert stat.S_IMODE((root / "butane" / "extra_public.yaml").stat().st_mode) == 0o600
+
+
+def secret_values(root: Path) -> dict[str, str]:
+    """What must never be printed: the token and its secret half, the VRRP secret, and a line from the
+    body of every private key (current and archived sets, admin.conf's client key)."""
+    import base64
+
+    token = (root / "pki" / "bootstrap-token").read_text().strip()
+    found = {"token": token, "token secret": token.split(".")[1],
+             "keepalived secret": (root / "pki" / "keepalived-auth").read_text().strip()}
+    keys = [p for p in root.rglob("*.key") if p.name != "digest.key"]
+    pems = {str(p.relative_to(root)): p.read_text() for p in keys}
+    for line in (root / "admin.conf").read_text().splitlines():
+        if "client-key-data" in line:
+            pems["admin.conf key"] = base64.b64decode(line.split(":", 1)[1].strip()).decode()
+    for name, pem in pems.items():
+        body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+        found[name] = max(body, key=len)
+    return found
+
+
+def test_no_secret_is_ever_printed(tmp_path: Path) -> None:
+    config = write_config(tmp_path, name="quiet")
+    commands = (["-v", "2", "new_cluster"], ["show"], ["-v", "2", "rotate_pki"], ["-v", "2", "new_cluster"],
+                ["list", "--all", "--status"], ["info", "pki"], ["-v", "2", "secrets"])
+    printed = "".join(p.stdout + (p.stderr or "") for p in (run_doit(config, *args) for args in commands))
+    secrets = secret_values(build_root(tmp_path, "quiet"))
+    assert len(secrets) > 6, secrets
+    assert [name for name, value in secrets.items() if value in printed] == []
