@@ -16,7 +16,10 @@ import pytest
 
 from support.configs import build_root, write_config
 from support.pipeline import ok, run_doit
+from tasks.paths import Build
 from tasks.pki.layout import PKI_FILES, file_mode
+from tasks.written import OK as RECORDED
+from tasks.written import Written
 
 SECRET_FILES = [f"pki/{name}" for name in PKI_FILES if file_mode(name) == 0o600] + [
     "secrets/kubeadm-init-token.yaml", "secrets/kubeadm-join-discovery.yaml", "secrets/keepalived-auth.conf",
@@ -76,6 +79,19 @@ def test_secrets_are_0600_and_everything_else_0644(loose: tuple[Path, Path]) -> 
     assert set(SECRET_FILES) <= set(found), set(SECRET_FILES) - set(found)
     wrong = {rel: oct(m) for rel, m in found.items() if m != (0o600 if rel in SECRET_FILES else 0o644)}
     assert not wrong
+
+
+# The folder's own bookkeeping; everything else a run writes is an output and must be recorded.
+BOOKKEEPING = {".flatcar-ha", ".run.lock", ".state.lock", "digest.key", "doit-state.json", "written.json"}
+
+
+def test_every_output_is_recorded_as_written(loose: tuple[Path, Path]) -> None:
+    """A writer that bypasses the write records (a new stage's output) would go unverified: caught here."""
+    _, root = loose
+    records = Written(Build(root))
+    outputs = [p for p in root.rglob("*") if p.is_file() and p.name not in BOOKKEEPING and "pki-archive" not in p.parts]
+    assert len(outputs) > 30
+    assert {str(p.relative_to(root)): records.status(p) for p in outputs if records.status(p) != RECORDED} == {}
 
 
 def test_modes_do_not_depend_on_the_umask(loose: tuple[Path, Path], tmp_path: Path) -> None:
