@@ -21,17 +21,18 @@ from tasks.plan.day2 import STASH, STATIC_PODS
 
 CLUSTER = load_config(PROJECT_CONFIG)
 NODE = "node1-cp"
-NODE_API = f"{CLUSTER.node(NODE).ip}:6443"
-# The cluster answers at the VIP and at node1's own API server once node1 made it.
-API = {"answering_once_initialized": [CLUSTER.endpoint, NODE_API]}
+NODE_API, CP2_API, CP3_API = (f"{CLUSTER.node(n).ip}:6443" for n in (NODE, "node2-cp", "node3-cp"))
+# The cluster answers at the VIP and at every control plane's API server once node1 made it.
+API = {"answering_once_initialized": [CLUSTER.endpoint, NODE_API, CP2_API, CP3_API]}
 PROMPT_TIMER = {"cert-renew.timer": "[Timer]\nRandomizedDelaySec=0\nAccuracySec=1s\n"}
 STAMP = "/var/lib/systemd/timers/stamp-cert-renew.timer"
 WINDOW = CLUSTER.kubernetes.cert_renew_before_days
 RENEWAL = "cert-renew.service"
 
 
-def certs(**rules: int) -> Scenario:
-    return Scenario(f"certs-{'-'.join(f'{k}{v}' for k, v in rules.items())}", kubeadm={"certs": rules}, api=API)
+def certs(api: dict[str, list[str]] = API, **rules: int) -> Scenario:
+    name = f"certs-{'-'.join(f'{k}{v}' for k, v in rules.items())}-{len(api['answering_once_initialized'])}"
+    return Scenario(name, kubeadm={"certs": rules}, api=api)
 
 
 def renewal_calls(node: Node) -> list[Call]:
@@ -90,6 +91,9 @@ def test_certificates_inside_the_window_are_renewed_and_the_static_pods_restarte
     assert [n for i, n in enumerate(seen) if i == 0 or n != seen[i - 1]] == expected, why
     readyz = [c for c in calls if c.verb == f"curl {NODE_API}"]
     assert len(readyz) == len(STATIC_PODS) and all(c.rc == 0 for c in readyz), why
+    # Before renewing: both other control planes ready (etcd keeps quorum while this one restarts).
+    peers = [c for c in calls if c.verb in (f"curl {CP2_API}", f"curl {CP3_API}")]
+    assert len(peers) == 2 and all(c.rc == 0 and c.time < renewed.time for c in peers), why
     assert manifests_in_place(node), why
     # core's kubeconfig is the renewed admin.conf.
     assert node.node_file("/home/core/.kube/config").read_text() == "# stand-in admin.conf, renewed (1)\n", why
@@ -112,3 +116,18 @@ def test_outside_the_window_nothing_is_renewed_and_a_parked_manifest_is_put_back
     assert node.units("cert-renew-recover.service")["cert-renew-recover.service"].result == "success", why
     assert "kube-scheduler" in node.journal("cert-renew-recover.service"), why
     assert node.units(RENEWAL)[RENEWAL].result == "success", why
+
+
+@pytest.mark.early_boot(NODE, certs({"answering_once_initialized": [CLUSTER.endpoint, NODE_API, CP2_API]},
+                                    residual_days=WINDOW // 2), dropins=PROMPT_TIMER)
+def test_no_restart_while_another_control_plane_is_not_ready(rehearsed: Node) -> None:
+    node = rehearsed
+    # node3's API server does not answer: restarting node1's etcd now would leave one of three
+    # members. The check fails (visibly) and the next one tries again; nothing was touched.
+    why = back_after_two_days_off(node)
+    calls = renewal_calls(node)
+    assert [c.argv[:2] for c in calls if c.prog == "kubeadm"] == [("certs", "check-expiration")], why
+    assert [c for c in calls if c.prog == "crictl"] == [], why
+    assert manifests_in_place(node), why
+    assert node.units(RENEWAL)[RENEWAL].result == "exit-code", why
+    assert f"the control plane at {CP3_API} is not ready" in node.journal(RENEWAL), why
