@@ -13,8 +13,12 @@ from tasks.stages.base import Context, context, read_action, user_cwd
 @read_action
 def write_kubeconfig(ctx: Context, out: str, use: bool) -> None:
     from tasks.kube.kubeconfig import admin_entries, kubeconfig_target, merge_into
+    from tasks.pki import server_url
+    from tasks.pki.kubeconfig import renew_admin_conf
 
     c = ctx.cluster
+    # The host holds the CA: an admin.conf within a month of its end is re-issued before it is merged.
+    print(renew_admin_conf(ctx.paths.pki, ctx.paths.admin_conf, cluster_name=c.name, server=server_url(c)))
     entries = admin_entries(ctx.paths.admin_conf, c.name)
     # doit runs actions in dodo.py's folder; names on the command line mean the user's folder.
     target = kubeconfig_target(out, os.environ, Path.home(), entries.name, user_cwd())

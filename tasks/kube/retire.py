@@ -1,0 +1,55 @@
+"""Retiring a control plane before its VM goes (`doit recreate=<cp> vm:<cp>`, `doit prune --yes`).
+
+One order, whatever the command: ask etcd live whether the cluster keeps quorum without the node
+(tasks/kube/members.py) and refuse otherwise, naming the reason and the command that would
+proceed; delete its Node object through the API (the VIP, admin credentials); remove its etcd
+member. Each step is idempotent, so a run interrupted between them is simply run again.
+"""
+
+from __future__ import annotations
+
+from tasks.config import Cluster
+from tasks.errors import PipelineError
+from tasks.kube.etcd import EtcdError, endpoint
+from tasks.paths import Build
+
+
+def retire_control_plane(c: Cluster, paths: Build, node: str, ip: str, *, proceed: str) -> list[str]:
+    """Check quorum, then delete node's Node object and etcd member; the lines to print.
+
+    proceed: the command that skips all of this (named in a refusal).
+    """
+    from tasks.kube.api import api_target, delete_node
+    from tasks.kube.etcd import host_client, require_etcdctl
+    from tasks.kube.members import assess_removal, remove_member
+
+    require_etcdctl()
+    client = host_client(paths)
+    # The node's own address too (a control plane already gone from the config), when it is one.
+    endpoints = list(dict.fromkeys([*(endpoint(n.ip) for n in c.control_planes),
+                                    *([endpoint(ip)] if _is_address(ip) else [])]))
+    seen = assess_removal(client, endpoints, node, ip)
+    if not seen.safe:
+        raise EtcdError(
+            f"refusing to remove control plane {node}: {seen.problem}",
+            "bring the failing members back (doit verify_ha shows them) and run again, or take a snapshot "
+            f"(doit etcd_snapshot) and proceed without touching etcd or Kubernetes: {proceed}",
+        )
+    lines = [seen.summary()]
+    try:
+        lines.append(delete_node(api_target(paths.admin_conf, paths.pki / "ca.crt", f"https://{c.endpoint}"), node))
+    except PipelineError as exc:
+        raise PipelineError(exc.message, f"{exc.hint}; or proceed without touching etcd or Kubernetes: {proceed}"
+                            ) from None
+    lines.append(remove_member(client, seen))
+    return lines
+
+
+def _is_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
