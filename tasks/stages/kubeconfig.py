@@ -18,6 +18,7 @@ def write_kubeconfig(ctx: Context, out: str, use: bool) -> None:
 
     c = ctx.cluster
     # The host holds the CA: an admin.conf within a month of its end is re-issued before it is merged.
+    # `pki` (which doit runs first: admin.conf is its target) does the same; this covers `doit -s`.
     print(renew_admin_conf(ctx.paths.pki, ctx.paths.admin_conf, cluster_name=c.name, server=server_url(c)))
     entries = admin_entries(ctx.paths.admin_conf, c.name)
     # doit runs actions in dodo.py's folder; names on the command line mean the user's folder.
