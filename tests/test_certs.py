@@ -127,6 +127,10 @@ def test_an_admin_conf_from_another_ca_fails_certs(built: tuple[Path, Build]) ->
     assert "expired or not from the cluster's CAs" in proc.stdout
     ok(run_doit(config, "certs", "--local", "renew=1"))  # re-issued from the right CA: fine again
     ok(run_doit(config, "certs", "--local"))
+    age_admin_conf(paths, 0)  # ends the moment it is made
+    proc = run_doit(config, "certs", "--local", merged=True)
+    assert proc.returncode != 0 and certs_table(proc.stdout)["admin.conf client certificate"]["STATE"] == "EXPIRED"
+    ok(run_doit(config, "certs", "--local", "renew=1"))
 
 
 @contextmanager

@@ -1,11 +1,19 @@
-"""Helpers of the day-two tests (tests/test_certs.py, tests/test_day2.py): `doit certs`' table, and
-the control-plane retirement run where the rehearsal's etcd is reachable (its host namespace)."""
+"""Helpers of the day-two tests (tests/test_certs.py, test_day2.py, test_day2_vm.py): `doit certs`'
+table, the control-plane retirement run where the rehearsal's etcd is reachable (its host
+namespace), and a namespace in which no node address is reachable but the test site is."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import itertools
+import os
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from support.pipeline import child_env
@@ -52,3 +60,67 @@ def retire(prefix: Sequence[str], config: Path, node: str, ip: str) -> subproces
     argv = [*prefix, sys.executable, "-c", RETIRE, str(config), node, ip]
     return subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, check=False,
                           env=child_env())
+
+
+@contextmanager
+def isolated_netns(forward_port: int) -> Iterator[list[str]]:
+    """A network namespace with only loopback (no route anywhere: a dial of a node's address fails
+    at once, and no packet leaves), where 127.0.0.1:forward_port still reaches the test's own
+    server on the machine's 127.0.0.1 (the release site `doit vm` checks). Yields the argv prefix
+    that runs a command inside; the namespace and the forwarding thread go on exit."""
+    name = f"d2h{os.getpid()}n{next(_count)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    stop = threading.Event()
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        listener = _listen_in(name, forward_port)
+        thread = threading.Thread(target=_forward, args=(listener, forward_port, stop), daemon=True)
+        thread.start()
+        yield ["ip", "netns", "exec", name]
+    finally:
+        stop.set()
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+_count = itertools.count(1)
+CLONE_NEWNET = 0x40000000
+
+
+def _listen_in(netns: str, port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1:port inside netns: this thread enters it just long enough to
+    make the socket (a socket stays in the namespace it was made in), then returns."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns into the test namespace")
+        try:
+            listener = socket.create_server(("127.0.0.1", port))
+        finally:
+            if libc.setns(home, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home")
+    finally:
+        os.close(home)
+        os.close(there)
+    listener.settimeout(0.2)
+    return listener
+
+
+def _forward(listener: socket.socket, port: int, stop: threading.Event) -> None:
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    with listener:
+        while not stop.is_set():
+            try:
+                inside, _ = listener.accept()
+            except TimeoutError:
+                continue
+            outside = socket.create_connection(("127.0.0.1", port))
+            for a, b in ((inside, outside), (outside, inside)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
