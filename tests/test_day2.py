@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from support.day2 import certs_table, retire
-from support.ha_rehearsal import Rehearsal
+from support.ha_rehearsal import ControlPlane, Rehearsal
 from support.pipeline import ok, run_doit
 from tasks.kube.snapshot import backups_dir, check_sum, restore_argv, snapshots, sum_file
 
@@ -138,26 +138,33 @@ def test_removal_is_refused_when_it_would_lose_quorum(r: Rehearsal) -> None:
 def test_removal_takes_the_member_and_the_node_object_then_the_node_rejoins(r: Rehearsal) -> None:
     n3 = r.nodes[2]
     n3.kill("etcd")  # the node being replaced is dead: its member may go, 2 of 2 stay healthy
-    proc = retire(r.host_prefix(), r.built.config, n3.name, n3.ip)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith("etcd: 3 members (") and lines[0].endswith("2 healthy, quorum 2"), proc.stdout
-    assert lines[1] == f"Kubernetes: deleted Node {n3.name}"
-    assert lines[2].startswith(f"etcd: removed member {n3.name} (") and lines[2].endswith("2 left"), proc.stdout
-    assert members(r) == sorted(n.name for n in r.nodes[:2])
-    assert n3.name not in r.node_objects()
-    assert r.curl(f"{r.vip_url}/api/v1/nodes/{n3.name}", client_cert=True)[0] == 404
-    # Again: nothing left to remove, still fine (an interrupted run is simply run again).
-    again = retire(r.host_prefix(), r.built.config, n3.name, n3.ip)
-    assert again.returncode == 0, again.stdout
-    assert f"Node {n3.name} is not registered" in again.stdout and "has no member" in again.stdout
-
-    # The rebuilt node joins as kubeadm's join does: member add, then a fresh data dir.
-    peer = f"https://{n3.ip}:2380"
-    assert r.etcdctl(r.nodes[:2], "member", "add", n3.name, "--peer-urls", peer).returncode == 0
-    n3.etcd_data_dir.rename(n3.run_dir / f"etcd-data.removed-{time.monotonic_ns()}")
-    n3.etcd_cluster_state = "existing"
-    n3.etcd_initial_cluster = ",".join(f"{n.name}=https://{n.ip}:2380" for n in r.nodes)
-    n3.start("etcd")
-    r.wait_quorum()
+    try:
+        proc = retire(r.host_prefix(), r.built.config, n3.name, n3.ip)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0].startswith("etcd: 3 members (") and lines[0].endswith("2 healthy, quorum 2"), proc.stdout
+        assert lines[1] == f"Kubernetes: deleted Node {n3.name}"
+        assert lines[2].startswith(f"etcd: removed member {n3.name} (") and lines[2].endswith("2 left"), proc.stdout
+        assert members(r) == sorted(n.name for n in r.nodes[:2])
+        assert n3.name not in r.node_objects()
+        assert r.curl(f"{r.vip_url}/api/v1/nodes/{n3.name}", client_cert=True)[0] == 404
+        # Again: nothing left to remove, still fine (an interrupted run is simply run again).
+        again = retire(r.host_prefix(), r.built.config, n3.name, n3.ip)
+        assert again.returncode == 0, again.stdout
+        assert f"Node {n3.name} is not registered" in again.stdout and "has no member" in again.stdout
+    finally:
+        rejoin(r, n3)
     assert members(r) == sorted(n.name for n in r.nodes)
+
+
+def rejoin(r: Rehearsal, node: ControlPlane) -> None:
+    """The rebuilt node joins as kubeadm's join does: member add (unless its member is still
+    there), then a fresh data dir."""
+    if node.name not in members(r):
+        peer = f"https://{node.ip}:2380"
+        assert r.etcdctl(r.nodes[:2], "member", "add", node.name, "--peer-urls", peer).returncode == 0
+        node.etcd_data_dir.rename(node.run_dir / f"etcd-data.removed-{time.monotonic_ns()}")
+        node.etcd_cluster_state = "existing"
+        node.etcd_initial_cluster = ",".join(f"{n.name}=https://{n.ip}:2380" for n in r.nodes)
+    node.start("etcd")
+    r.wait_quorum()
