@@ -148,6 +148,14 @@ def test_removal_takes_the_member_and_the_node_object_then_the_node_rejoins(r: R
         assert members(r) == sorted(n.name for n in r.nodes[:2])
         assert n3.name not in r.node_objects()
         assert r.curl(f"{r.vip_url}/api/v1/nodes/{n3.name}", client_cert=True)[0] == 404
+        # Two members now, both healthy: removing another keeps quorum (1 of 1), but not a quorum of
+        # the three control planes the config wants, while node3 has not joined again.
+        early = retire(r.host_prefix(), r.built.config, r.nodes[0].name, r.nodes[0].ip)
+        assert early.returncode == 3, early.stdout
+        assert (f"without {r.nodes[0].name}'s member etcd would keep 1 healthy member(s), fewer than a quorum (2) "
+                "of the 3 configured control planes; wait until the control planes being rebuilt have joined"
+                in early.stdout), early.stdout
+        assert members(r) == sorted(n.name for n in r.nodes[:2])
         # Again: nothing left to remove, still fine (an interrupted run is simply run again).
         again = retire(r.host_prefix(), r.built.config, n3.name, n3.ip)
         assert again.returncode == 0, again.stdout

@@ -47,8 +47,14 @@ def member_of(members: Sequence[Member], node: str, ip: str) -> Member | None:
     return None
 
 
-def assess_removal(client: EtcdClient, endpoints: Sequence[str], node: str, ip: str) -> Assessment:
-    """Ask etcd (live) whether the cluster keeps quorum without node's member."""
+def assess_removal(client: EtcdClient, endpoints: Sequence[str], node: str, ip: str, configured: int = 0
+                   ) -> Assessment:
+    """Ask etcd (live) whether the cluster keeps quorum without node's member.
+
+    configured: the control planes the config wants once this is done. Members left must also be
+    a quorum of that many healthy ones: re-creating one control plane after another (`doit
+    recreate=1 ha`) must wait until each new one has joined, not shrink a 3-member cluster to 1.
+    """
     try:
         members = client.members(endpoints)
     except EtcdError as exc:
@@ -70,6 +76,11 @@ def assess_removal(client: EtcdClient, endpoints: Sequence[str], node: str, ip: 
                 if m.id != target.id and not health[m.id].healthy]
         problem = (f"without {node}'s member etcd would keep {healthy_left} healthy of {left} members, "
                    f"quorum is {quorum(left)}" + (f" (down: {'; '.join(down)})" if down else ""))
+    elif healthy_left < quorum(configured):
+        missing = len(members) < configured or any(not h.healthy for h in health.values())
+        problem = (f"without {node}'s member etcd would keep {healthy_left} healthy member(s), fewer than a "
+                   f"quorum ({quorum(configured)}) of the {configured} configured control planes"
+                   + ("; wait until the control planes being rebuilt have joined" if missing else ""))
     return Assessment(node, target, members, health, problem)
 
 

@@ -28,7 +28,7 @@ def retire_control_plane(c: Cluster, paths: Build, node: str, ip: str, *, procee
     # The node's own address too (a control plane already gone from the config), when it is one.
     endpoints = list(dict.fromkeys([*(endpoint(n.ip) for n in c.control_planes),
                                     *([endpoint(ip)] if _is_address(ip) else [])]))
-    seen = assess_removal(client, endpoints, node, ip)
+    seen = assess_removal(client, endpoints, node, ip, len(c.control_planes))
     if not seen.safe:
         raise EtcdError(
             f"refusing to remove control plane {node}: {seen.problem}",
