@@ -64,7 +64,9 @@ def test_a_snapshot_restores_into_the_three_members(r: Rehearsal) -> None:
     paths = r.built.paths
     before, after = f"day2-before-{time.monotonic_ns()}", f"day2-after-{time.monotonic_ns()}"
     assert r.etcdctl(r.nodes, "put", before, "kept").returncode == 0
-    out = ok(r.doit("etcd_snapshot")).stdout
+    # Private whatever the umask: run with umask 0.
+    umask0 = [*r.host_prefix(), "sh", "-c", 'umask 0 && exec "$@"', "sh"]
+    out = ok(run_doit(r.built.config, "etcd_snapshot", prefix=umask0, merged=True)).stdout
     folder = backups_dir(paths)
     [snap] = [p for p in snapshots(folder, r.built.cluster.name) if str(p) in out]
     assert f"{snap}: snapshot of https://" in out and "verified (snapshot status)" in out, out

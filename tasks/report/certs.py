@@ -37,7 +37,7 @@ def renew_hint(row: Credential) -> str:
         return " -> doit certs renew=1 (re-issued from the cluster CA; the CA is not touched)"
     if row.name.startswith("CA "):
         return " -> a new CA means a new cluster: doit rotate_pki, then re-create every node"
-    return " -> on the node: kubeadm certs renew all (its renewal timer does this in time)"
+    return " -> on that node: kubeadm certs renew all, then restart its control-plane static pods"
 
 
 def soonest_line(rows: list[Credential], now: datetime.datetime) -> str:
