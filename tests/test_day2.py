@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,22 @@ def rejoin(r: Rehearsal, node: ControlPlane) -> None:
         node.etcd_initial_cluster = ",".join(f"{n.name}=https://{n.ip}:2380" for n in r.nodes)
     node.start("etcd")
     r.wait_quorum()
+
+
+def test_two_removals_at_once_take_one_member_only(r: Rehearsal) -> None:
+    # As `doit -n 2 -P thread recreate=1 ha` would: the second waits for the first, then sees two
+    # members and refuses to leave one (a quorum of the three configured control planes is two).
+    n2, n3 = r.nodes[1], r.nodes[2]
+    prefix = r.host_prefix()
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = list(pool.map(lambda n: retire(prefix, r.built.config, n.name, n.ip), (n2, n3)))
+        assert sorted(p.returncode for p in runs) == [0, 3], [p.stdout + p.stderr for p in runs]
+        refused = next(p for p in runs if p.returncode == 3)
+        assert "fewer than a quorum (2) of the 3 configured control planes" in refused.stdout, refused.stdout
+        assert len(members(r)) == 2
+    finally:
+        for n in (n2, n3):
+            n.kill("etcd")
+            rejoin(r, n)
+    assert members(r) == sorted(n.name for n in r.nodes)

@@ -8,9 +8,12 @@ member. Each step is idempotent, so a run interrupted between them is simply run
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from tasks.config import Cluster
 from tasks.errors import PipelineError
-from tasks.kube.etcd import EtcdError, endpoint
+from tasks.kube.etcd import EtcdClient, EtcdError, client_dir, endpoint
 from tasks.paths import Build
 
 
@@ -19,12 +22,18 @@ def retire_control_plane(c: Cluster, paths: Build, node: str, ip: str, *, procee
 
     proceed: the command that skips all of this (named in a refusal).
     """
-    from tasks.kube.api import api_target, delete_node
     from tasks.kube.etcd import host_client, require_etcdctl
-    from tasks.kube.members import assess_removal, remove_member
 
     require_etcdctl()
     client = host_client(paths)
+    with _one_at_a_time(paths):
+        return _retire(c, paths, client, node, ip, proceed)
+
+
+def _retire(c: Cluster, paths: Build, client: EtcdClient, node: str, ip: str, proceed: str) -> list[str]:
+    from tasks.kube.api import api_target, delete_node
+    from tasks.kube.members import assess_removal, remove_member
+
     # The node's own address too (a control plane already gone from the config), when it is one.
     endpoints = list(dict.fromkeys([*(endpoint(n.ip) for n in c.control_planes),
                                     *([endpoint(ip)] if _is_address(ip) else [])]))
@@ -43,6 +52,20 @@ def retire_control_plane(c: Cluster, paths: Build, node: str, ip: str, *, procee
                             ) from None
     lines.append(remove_member(client, seen))
     return lines
+
+
+@contextmanager
+def _one_at_a_time(paths: Build) -> Iterator[None]:
+    """Parallel runs (`doit -n 3 -P thread recreate=1 ha`) check and remove one node at a time:
+    each check then sees the members the previous removal left, and the configured-quorum rule
+    (members.py) stops the second one until the first node has joined again."""
+    import fcntl
+
+    from tasks.fsutil import ensure_private_dir
+
+    with (ensure_private_dir(client_dir(paths)) / "retire.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _is_address(text: str) -> bool:
