@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import urllib.parse
 
+import pytest
+
 from support.configs import drop_node
 from support.day2 import isolated_netns
 from support.pipeline import run_doit
@@ -18,10 +20,12 @@ from support.vm_clusters import MakeCluster, assert_node_runs_its_ignition
 from tasks.libvirt.domain import disk_file
 
 
+# Three VMs made and one re-created on a loaded machine, after the machine-wide libvirt lock.
+@pytest.mark.timeout(1500)
 def test_control_plane_recreate_and_prune_ask_etcd_first(make_cluster: MakeCluster) -> None:
     tc = make_cluster(3)
-    tc.doit("ha")
-    ids = {n.name: tc.domid(n.name) for n in tc.c.nodes}
+    tc.doit("vm:cp2", "vm:cp3")  # cp1 plays no part: one VM fewer to make
+    ids = {n: tc.domid(n) for n in ("cp2", "cp3")}
     disk = assert_node_runs_its_ignition(tc, "cp2")
     ign = json.loads(tc.ign("cp2").read_text())
     ign.setdefault("storage", {}).setdefault("files", []).append(
@@ -38,9 +42,7 @@ def test_control_plane_recreate_and_prune_ask_etcd_first(make_cluster: MakeClust
         assert f"doit config={tc.config} recreate=cp2 force_etcd=1 vm:cp2" in out, out
     assert tc.domid("cp2") == ids["cp2"] and disk_file(tc.xml("cp2")) == disk  # untouched
 
-    forced = tc.doit("recreate=cp2", "force_etcd=1", "vm:cp2")
-    assert "force_etcd=1: cp2's etcd member and Node object are left as they are" in forced
-    assert tc.domid("cp2") != ids["cp2"] and assert_node_runs_its_ignition(tc, "cp2") != disk
+    # force_etcd=1 re-creating it is in tests/test_vm.py.
 
     # cp3 leaves the config: two control planes are refused unless allowed on purpose.
     drop_node(tc.config, "cp3")
@@ -59,4 +61,4 @@ def test_control_plane_recreate_and_prune_ask_etcd_first(make_cluster: MakeClust
     removed = tc.doit("prune", "--yes", "--force-etcd")
     assert f"{tc.c.name}-cp3" not in tc.domains(), removed
     assert "remove the etcd member of control plane cp3 (etcdctl member remove)" in removed
-    assert tc.domid("cp1") == ids["cp1"]
+    assert tc.domid("cp2") == ids["cp2"]
