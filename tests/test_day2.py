@@ -23,6 +23,7 @@ from support.day2 import certs_table, retire
 from support.ha_rehearsal import ControlPlane, Rehearsal
 from support.pipeline import ok, run_doit
 from tasks.kube.snapshot import backups_dir, check_sum, restore_argv, snapshots, sum_file
+from tasks.written import OK, Written
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +76,8 @@ def test_a_snapshot_restores_into_the_three_members(r: Rehearsal) -> None:
     assert snap.stat().st_mode & 0o777 == 0o600 and sum_file(snap).stat().st_mode & 0o777 == 0o600
     assert sum_file(snap).read_text().split() == [sum_file(snap).read_text().split()[0], snap.name]
     check_sum(snap)
+    records = Written(paths)  # recorded like every output under build/<name>/
+    assert records.status(snap) == OK and records.status(sum_file(snap)) == OK
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no partial file left
     assert r.etcdctl(r.nodes, "put", after, "lost").returncode == 0
 

@@ -8,25 +8,36 @@ member. Each step is idempotent, so a run interrupted between them is simply run
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from typing import TYPE_CHECKING
 
 from tasks.config import Cluster
 from tasks.errors import PipelineError
-from tasks.kube.etcd import EtcdClient, EtcdError, client_dir, endpoint
+from tasks.kube.etcd import EtcdClient, EtcdError, endpoint
 from tasks.paths import Build
 
+if TYPE_CHECKING:
+    from tasks.written import Written
 
-def retire_control_plane(c: Cluster, paths: Build, node: str, ip: str, *, proceed: str) -> list[str]:
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def retire_control_plane(c: Cluster, paths: Build, node: str, ip: str, *, proceed: str,
+                         records: Written | None = None) -> list[str]:
     """Check quorum, then delete node's Node object and etcd member; the lines to print.
 
-    proceed: the command that skips all of this (named in a refusal).
+    proceed: the command that skips all of this (named in a refusal); records: the run's write
+    records (the host's etcd client pair is written through them).
     """
     from tasks.kube.etcd import host_client, require_etcdctl
 
     require_etcdctl()
-    client = host_client(paths)
-    with _one_at_a_time(paths):
+    client = host_client(paths, records=records)
+    # One at a time: each check then sees the members the previous removal left, and the
+    # configured-quorum rule (members.py) stops a second removal until the first node has joined
+    # again. Runs of one cluster already take turns (the run lock, tasks/buildroot.py); this
+    # serialises the threads of one run (`doit -n 3 -P thread recreate=1 ha`).
+    with _ONE_AT_A_TIME:
         return _retire(c, paths, client, node, ip, proceed)
 
 
@@ -52,20 +63,6 @@ def _retire(c: Cluster, paths: Build, client: EtcdClient, node: str, ip: str, pr
                             ) from None
     lines.append(remove_member(client, seen))
     return lines
-
-
-@contextmanager
-def _one_at_a_time(paths: Build) -> Iterator[None]:
-    """Parallel runs (`doit -n 3 -P thread recreate=1 ha`) check and remove one node at a time:
-    each check then sees the members the previous removal left, and the configured-quorum rule
-    (members.py) stops the second one until the first node has joined again."""
-    import fcntl
-
-    from tasks.fsutil import ensure_private_dir
-
-    with (ensure_private_dir(client_dir(paths)) / "retire.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def _is_address(text: str) -> bool:

@@ -65,16 +65,15 @@ def read_served(probe: Probe, timeout: float = HANDSHAKE_TIMEOUT_S) -> Credentia
 
 @contextmanager
 def node_probes(c: Cluster, paths: Build, etcd: EtcdClient) -> Iterator[list[Probe]]:
-    """Both serving certificates of every control plane; admin.conf's client certificate (in a
-    0600 temporary file, removed after) for the API servers, the host's etcd client for etcd."""
-    from tasks.fsutil import PRIVATE_FILE, atomic_write, private_tempdir
+    """Both serving certificates of every control plane; admin.conf's client certificate (in an
+    in-memory file: a killed run leaves no copy of the key) for the API servers, the host's etcd
+    client for etcd."""
+    from tasks.fsutil import memory_file
     from tasks.pki.kubeconfig import admin_conf_credentials
 
     _, cert_pem, key_pem = admin_conf_credentials(paths.admin_conf)
-    with private_tempdir(prefix="certs-") as tmp:
-        cert, key = tmp / "admin.crt", tmp / "admin.key"
-        atomic_write(cert, cert_pem, PRIVATE_FILE)
-        atomic_write(key, key_pem, PRIVATE_FILE)
+    with memory_file("admin.crt", cert_pem) as cert_path, memory_file("admin.key", key_pem) as key_path:
+        cert, key = Path(cert_path), Path(key_path)
         probes = []
         for n in c.control_planes:
             probes.append(Probe(n.name, str(n.ip), APISERVER_PORT, "API server", paths.pki / "ca.crt", cert, key))

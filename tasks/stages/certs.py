@@ -32,15 +32,17 @@ def show_certs(ctx: Context, local: bool) -> None:
     if renew_requested():
         from tasks.pki import server_url
         from tasks.pki.kubeconfig import renew_admin_conf
+        from tasks.pki.rotation import record_pki
 
         print(renew_admin_conf(paths.pki, paths.admin_conf, cluster_name=c.name, server=server_url(c)))
+        record_pki(paths, ctx.written)
     now = datetime.datetime.now(datetime.UTC)
     rows = local_credentials(paths, now)
     if not local and paths.admin_conf.is_file():
         from tasks.kube.etcd import host_client
         from tasks.kube.served import served_credentials
 
-        rows += served_credentials(c, paths, host_client(paths))
+        rows += served_credentials(c, paths, host_client(paths, records=ctx.written))
     print(f"cluster {c.name}: credentials as of {now:%Y-%m-%d %H:%M} UTC")
     print(format_certs(rows, now))
     bad = [r for r in rows if r.state(now) == "EXPIRED" or r.problem.startswith(("NOT signed", "does not name"))]

@@ -13,18 +13,25 @@ from tasks.stages.base import Context, action
 
 @action
 def etcd_snapshot(ctx: Context) -> None:
+    from tasks.fsutil import PRIVATE_FILE
     from tasks.kube.etcd import endpoint, host_client, require_etcdctl
-    from tasks.kube.snapshot import backups_dir, prune_snapshots, take_snapshot
+    from tasks.kube.snapshot import backups_dir, prune_snapshots, sum_file, take_snapshot
 
     c, paths = ctx.cluster, ctx.paths
     require_etcdctl()
-    client = host_client(paths)
+    client = host_client(paths, records=ctx.written)
     folder = backups_dir(paths)
     snap = take_snapshot(client, [endpoint(n.ip) for n in c.control_planes], folder, c.name)
+    # Recorded like every output under build/<name>/ (tasks/written.py).
+    for path in (snap.path, snap.sum_file):
+        ctx.written.record(path, PRIVATE_FILE)
     print(f"{snap.path}: snapshot of {snap.source}, revision {snap.revision}, {snap.total_keys} keys, "
           f"{snap.size} bytes; verified (snapshot status)")
     print(f"{snap.sum_file}: sha256 {snap.sha256}")
     removed = prune_snapshots(folder, c.name, c.etcd_snapshot_keep)
+    for path in removed:
+        ctx.written.forget(path)
+        ctx.written.forget(sum_file(path))
     if removed:
         print(f"removed {len(removed)} older snapshot(s), keeping {c.etcd_snapshot_keep} "
               f"(etcd_snapshot_keep): {', '.join(p.name for p in removed)}")

@@ -1,5 +1,7 @@
 """`doit kubeconfig`: the cluster's admin credentials as context <name> in the user's kubeconfig
-(the merge rules are in tasks/kube/kubeconfig.py)."""
+(the merge rules are in tasks/kube/kubeconfig.py). admin.conf is the `pki` task's target, so doit
+runs `pki` first, and that re-issues an admin.conf within 30 days of its end from the CA (which it
+never touches) before this merges it."""
 
 from __future__ import annotations
 
@@ -13,13 +15,8 @@ from tasks.stages.base import Context, context, read_action, user_cwd
 @read_action
 def write_kubeconfig(ctx: Context, out: str, use: bool) -> None:
     from tasks.kube.kubeconfig import admin_entries, kubeconfig_target, merge_into
-    from tasks.pki import server_url
-    from tasks.pki.kubeconfig import renew_admin_conf
 
     c = ctx.cluster
-    # The host holds the CA: an admin.conf within a month of its end is re-issued before it is merged.
-    # `pki` (which doit runs first: admin.conf is its target) does the same; this covers `doit -s`.
-    print(renew_admin_conf(ctx.paths.pki, ctx.paths.admin_conf, cluster_name=c.name, server=server_url(c)))
     entries = admin_entries(ctx.paths.admin_conf, c.name)
     # doit runs actions in dodo.py's folder; names on the command line mean the user's folder.
     target = kubeconfig_target(out, os.environ, Path.home(), entries.name, user_cwd())

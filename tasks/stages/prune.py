@@ -52,7 +52,8 @@ def retire_control_planes(ctx: Context, gone: dict[str, Domain], uri: list[str])
     retired = set()
     for node, domain in sorted(gone.items()):
         if domain.role == "control-plane":
-            for line in retire_control_plane(ctx.cluster, ctx.paths, node, domain.ip, proceed=proceed):
+            for line in retire_control_plane(ctx.cluster, ctx.paths, node, domain.ip, proceed=proceed,
+                                             records=ctx.written):
                 print(line)
             retired.add(node)
     return retired

@@ -83,7 +83,7 @@ def retire(ctx: Context, node: str, ip: str) -> None:
         print(f"force_etcd=1: {node}'s etcd member and Node object are left as they are", file=sys.stderr)
         return
     proceed = f"doit config={config_path()} recreate={node} force_etcd=1 vm:{node}"
-    for line in retire_control_plane(ctx.cluster, ctx.paths, node, ip, proceed=proceed):
+    for line in retire_control_plane(ctx.cluster, ctx.paths, node, ip, proceed=proceed, records=ctx.written):
         print(line, file=sys.stderr)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from support.pipeline import child_env
 from tasks.paths import PROJECT_ROOT
 
-# Runs tasks/kube/retire.py as `doit prune --yes` and `doit recreate=...` do, without libvirt.
+# Runs tasks/kube/retire.py as `doit prune --yes` and `doit recreate=...` do (run lock held), without libvirt.
 RETIRE = """
 import sys
 from pathlib import Path
@@ -28,8 +28,11 @@ from tasks.errors import PipelineError, format_error
 from tasks.kube.retire import retire_control_plane
 from tasks.paths import Build
 
+from tasks.buildroot import take_run_lock
+
 config, node, ip = sys.argv[1:]
 c = load_config(Path(config))
+take_run_lock(Build(c.build_dir), "retire")  # as every writing doit run (the stages' @action)
 try:
     print("\\n".join(retire_control_plane(c, Build(c.build_dir), node, ip, proceed="PROCEED-COMMAND")))
 except PipelineError as exc:
