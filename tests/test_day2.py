@@ -13,13 +13,12 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-from support.day2 import certs_table, retire
+from support.day2 import certs_table, retire, retire_all
 from support.ha_rehearsal import ControlPlane, Rehearsal
 from support.pipeline import ok, run_doit
 from tasks.kube.snapshot import backups_dir, check_sum, restore_argv, snapshots, sum_file
@@ -185,13 +184,13 @@ def rejoin(r: Rehearsal, node: ControlPlane) -> None:
 
 
 def test_two_removals_at_once_take_one_member_only(r: Rehearsal) -> None:
-    # As `doit -n 2 -P thread recreate=1 ha` would: the second waits for the first, then sees two
-    # members and refuses to leave one (a quorum of the three configured control planes is two).
+    # As `doit -n 2 -P thread recreate=1 ha` would (two threads of one run): the second waits for
+    # the first, then sees two members and refuses to leave one (a quorum of the three configured
+    # control planes is two).
     n2, n3 = r.nodes[1], r.nodes[2]
     prefix = r.host_prefix()
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            runs = list(pool.map(lambda n: retire(prefix, r.built.config, n.name, n.ip), (n2, n3)))
+        runs = retire_all(prefix, r.built.config, [(n2.name, n2.ip), (n3.name, n3.ip)])
         assert sorted(p.returncode for p in runs) == [0, 3], [p.stdout + p.stderr for p in runs]
         refused = next(p for p in runs if p.returncode == 3)
         assert "fewer than a quorum (2) of the 3 configured control planes" in refused.stdout, refused.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import socket
 import subprocess
@@ -19,25 +20,34 @@ from pathlib import Path
 from support.pipeline import child_env
 from tasks.paths import PROJECT_ROOT
 
-# Runs tasks/kube/retire.py as `doit prune --yes` and `doit recreate=...` do (run lock held), without libvirt.
+# Runs tasks/kube/retire.py for each node=ip argument, in threads as `doit -n N -P thread` runs the
+# VM tasks of `doit recreate=1 ha` (one process, the run lock held), without libvirt. Prints one
+# JSON line per node: its exit status as the action would end (0, or 3 for a refusal) and output.
 RETIRE = """
+import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from tasks.buildroot import take_run_lock
 from tasks.config import load_config
 from tasks.errors import PipelineError, format_error
 from tasks.kube.retire import retire_control_plane
 from tasks.paths import Build
 
-from tasks.buildroot import take_run_lock
-
-config, node, ip = sys.argv[1:]
+config, *pairs = sys.argv[1:]
 c = load_config(Path(config))
-take_run_lock(Build(c.build_dir), "retire")  # as every writing doit run (the stages' @action)
-try:
-    print("\\n".join(retire_control_plane(c, Build(c.build_dir), node, ip, proceed="PROCEED-COMMAND")))
-except PipelineError as exc:
-    print(format_error(exc))
-    sys.exit(3)
+take_run_lock(Build(c.build_dir), "retire")
+
+def one(pair):
+    node, ip = pair.split("=")
+    try:
+        return node, 0, "\\n".join(retire_control_plane(c, Build(c.build_dir), node, ip, proceed="PROCEED-COMMAND"))
+    except PipelineError as exc:
+        return node, 3, format_error(exc)
+
+with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
+    for node, rc, out in pool.map(one, pairs):
+        print(json.dumps({"node": node, "rc": rc, "out": out}))
 """
 
 
@@ -58,11 +68,22 @@ def certs_table(out: str) -> dict[str, dict[str, str]]:
     return rows
 
 
+def retire_all(prefix: Sequence[str], config: Path, nodes: Sequence[tuple[str, str]]
+               ) -> list[subprocess.CompletedProcess[str]]:
+    """retire_control_plane for each (node, ip) at once, in threads of one child (prefix: e.g. the
+    rehearsal's host namespace); one result per node, as if each were its own process."""
+    argv = [*prefix, sys.executable, "-c", RETIRE, str(config), *(f"{n}={ip}" for n, ip in nodes)]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, check=False,
+                          env=child_env())
+    if proc.returncode != 0:
+        raise AssertionError(f"retire child failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    return [subprocess.CompletedProcess(argv, r["rc"], r["out"] + "\n", "") for r in results]
+
+
 def retire(prefix: Sequence[str], config: Path, node: str, ip: str) -> subprocess.CompletedProcess[str]:
     """retire_control_plane(node) in a child (prefix: e.g. the rehearsal's host namespace); never raises."""
-    argv = [*prefix, sys.executable, "-c", RETIRE, str(config), node, ip]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, check=False,
-                          env=child_env())
+    return retire_all(prefix, config, [(node, ip)])[0]
 
 
 @contextmanager
