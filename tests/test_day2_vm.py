@@ -15,9 +15,10 @@ import pytest
 
 from support.configs import drop_node
 from support.day2 import isolated_netns
-from support.pipeline import run_doit
+from support.pipeline import as_if_written, run_doit
 from support.vm_clusters import MakeCluster, assert_node_runs_its_ignition
 from tasks.libvirt.domain import disk_file
+from tasks.paths import Build
 
 
 # Three VMs made and one re-created on a loaded machine, after the machine-wide libvirt lock.
@@ -31,6 +32,7 @@ def test_control_plane_recreate_and_prune_ask_etcd_first(make_cluster: MakeClust
     ign.setdefault("storage", {}).setdefault("files", []).append(
         {"path": "/etc/flatcar-ha-test", "contents": {"source": "data:,changed"}, "mode": 420})
     tc.ign("cp2").write_text(json.dumps(ign))
+    as_if_written(tc.ign("cp2"), Build(tc.c.build_dir))  # as a new translation would record it
     site_port = urllib.parse.urlsplit(tc.c.flatcar.base_url).port
     assert site_port is not None
 

@@ -11,11 +11,14 @@ the VM go.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tasks.kube.etcd import EtcdClient, EtcdError, Member, MemberHealth, health_of, quorum
+
+UNHEALTHY_RETRY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -91,5 +94,15 @@ def remove_member(client: EtcdClient, assessment: Assessment) -> str:
         return f"etcd: {assessment.node} has no member (nothing to remove)"
     others = [m.client_urls[0] for m in assessment.members
               if m.id != target.id and m.client_urls and assessment.health[m.id].healthy]
-    client.run(others, "member", "remove", f"{target.id:x}")
+    # etcd refuses membership changes ("etcdserver: unhealthy cluster") until every member has been
+    # connected for its health interval (5 s): right after a member (re)joined, retry a little.
+    deadline = time.monotonic() + UNHEALTHY_RETRY_S
+    while True:
+        try:
+            client.run(others, "member", "remove", f"{target.id:x}")
+            break
+        except EtcdError as exc:
+            if "unhealthy cluster" not in exc.message or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
     return f"etcd: removed member {target.name or '(not started)'} ({target.id:x}); {len(assessment.members) - 1} left"
