@@ -11,6 +11,7 @@ from tasks.stages.hosts import task_pool, task_preflight
 from tasks.stages.image import task_image, task_verify_gpg
 from tasks.stages.kubeconfig import task_kubeconfig
 from tasks.stages.lock import task_lock
+from tasks.stages.logs import task_logs
 from tasks.stages.overlay import task_overlay
 from tasks.stages.pki import task_pki, task_rotate_pki
 from tasks.stages.prune import task_prune
@@ -46,6 +47,7 @@ __all__ = [
     "task_image",
     "task_kubeconfig",
     "task_lock",
+    "task_logs",
     "task_new_cluster",
     "task_overlay",
     "task_pki",

@@ -30,7 +30,7 @@ def prune(ctx: Context, yes: bool, uri: list[str]) -> None:
             print(line)
         print(f"nothing removed: to remove the above run  doit config={config_path()} prune --yes{extra}")
         return
-    print(f"removed {remove_leftovers(plan, ctx.written.forget)} item(s)")
+    print(f"removed {remove_leftovers(c, plan, ctx.written.forget)} item(s)")
     ctx.written.flush()
     for line in after_removal(plan, paths.admin_conf):
         print(line)

@@ -18,7 +18,7 @@ def show_status(ctx: Context, no_api: bool, server: str, uri: list[str]) -> None
 
 
 def task_status() -> dict[str, Any]:
-    """Show each node's VM state, Ignition freshness and Kubernetes readiness (reads only)."""
+    """Show each node's VM state, Ignition freshness, Kubernetes readiness and last boot line (reads only)."""
     return {
         "actions": [show_status],
         "params": [
