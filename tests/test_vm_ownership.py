@@ -61,6 +61,11 @@ def test_a_pool_folder_holding_files_is_refused_and_rm_ha_keeps_what_it_did_not_
     (folder / "notes.txt").unlink()
     tc.doit("ha")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    tc.doit("rm_ha")
+    assert folder.is_dir() and not list(folder.iterdir()) and stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert virsh(tc.uri, "pool-info", pool, check=False).returncode != 0
+
+    tc.doit("ha")
     (folder / "later.txt").write_text("put there while the cluster ran")
     out = tc.doit("rm_ha")
     assert f"NOTE: {folder} on {tc.uri} keeps 1 file(s) flatcar-ha did not make (later.txt); the folder stays" in out

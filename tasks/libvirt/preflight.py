@@ -1,4 +1,8 @@
-"""Checks before the first VM on a hypervisor: each failure is one sentence with its fix."""
+"""Checks before the first VM on a hypervisor: each failure is one sentence with its fix.
+
+Nothing here touches the nodes' addresses (no ARP, no ping: they are the nodes'); the network is
+judged from its libvirt definition (tasks/libvirt/network.py).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from tasks.libvirt.inventory import neighbours
 from tasks.libvirt.network import Neighbour, address_problems, neighbour_problems, read_network
 from tasks.libvirt.storage import pool_available_bytes, pool_target
 from tasks.libvirt.virsh import HostInfo, host_info, virsh
+from tasks.plan.layers import virtual_router_id
 from tasks.run import require_program
 
 if TYPE_CHECKING:
@@ -45,19 +50,18 @@ def check_connection(uri: str) -> None:
         ) from None
 
 
-def check_network(c: Cluster, uri: str, network: str, nodes: list[Node], neighbours: Callable[[], list[Neighbour]]
+def check_network(c: Cluster, uri: str, network: str, nodes: list[Node], others: Callable[[], list[Neighbour]]
                   ) -> list[str]:
     """The network exists, fits the cluster's addresses, shares none with another cluster of
-    this pipeline, and runs; every problem found, each naming the key to change."""
-    from tasks.plan.layers import virtual_router_id
-
+    this pipeline (others: their VMs on this hypervisor), and runs; every problem found, each
+    naming the key to change."""
     net = read_network(uri, network)
     if net is None:
         return [f"vm.libvirt_network: libvirt network {network!r} does not exist on {uri}: define it "
                 f"(virsh -c {uri} net-define FILE) or set vm.libvirt_network to an existing one "
                 f"(virsh -c {uri} net-list --all)"]
     problems = address_problems(c, nodes, net, uri)
-    problems += neighbour_problems(c, nodes, net, uri, neighbours(), virtual_router_id(c.name))
+    problems += neighbour_problems(c, nodes, net, uri, others(), virtual_router_id(c.name))
     if not net.addresses:
         print(f"NOTE: libvirt network {network!r} on {uri} has no address of its own (bridged?): the nodes' "
               "addresses were not checked against it", file=sys.stderr)
