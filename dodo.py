@@ -14,6 +14,7 @@ from tasks.stages.lock import task_lock
 from tasks.stages.logs import task_logs
 from tasks.stages.overlay import task_overlay
 from tasks.stages.pki import task_pki, task_rotate_pki
+from tasks.stages.power import task_start, task_stop
 from tasks.stages.prune import task_prune
 from tasks.stages.render import task_render
 from tasks.stages.secrets import task_secrets
@@ -60,7 +61,9 @@ __all__ = [
     "task_rotate_pki",
     "task_secrets",
     "task_show",
+    "task_start",
     "task_status",
+    "task_stop",
     "task_translate",
     "task_verify_gpg",
     "task_verify_ha",

@@ -243,3 +243,31 @@ def api_target(admin_conf: Path, ca_file: Path, server: str) -> ApiTarget:
         cert_pem=base64.b64decode(user["client-certificate-data"]),
         key_pem=base64.b64decode(user["client-key-data"]),
     )
+
+
+def route_problem(server: str) -> str | None:
+    """Why this host cannot reach server at all (no route to its address), or None.
+
+    A UDP socket's connect() only looks the route up: not a packet leaves the host, so this is
+    safe to ask of addresses that belong to the nodes. A missing route is worth saying apart from
+    "not answering yet": waiting cannot fix it (the nodes' network lives on another hypervisor,
+    or libvirt's network is not started here)."""
+    import errno
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        return f"{host} does not resolve ({exc.strerror or exc})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.connect(address)
+        except OSError as exc:
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return f"this host has no route to {address[0]} ({exc.strerror})"
+            raise
+    return None

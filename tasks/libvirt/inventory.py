@@ -38,6 +38,7 @@ class Domain:
     inputs: VmInputs
     role: str = "?"
     ip: str = "?"
+    uuid: str = ""  # what changes to the domain are addressed to: a name may be re-used meanwhile
 
     @property
     def node(self) -> str:
@@ -111,6 +112,12 @@ def _description_fields(xml: str) -> tuple[str, str]:
     return (found["role"], found["ip"]) if found else ("?", "?")
 
 
+def _uuid(xml: str) -> str:
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(xml).findtext("uuid") or ""
+
+
 def scan_host(uri: str, cluster_name: str) -> HostScan:
     """Every domain on uri whose name starts with `<cluster>-`, sorted by ownership (metadata)."""
     out = virsh(uri, "list", "--all", "--name", quiet=True)
@@ -129,7 +136,7 @@ def scan_host(uri: str, cluster_name: str) -> HostScan:
             foreign.add(name)
             continue
         role, ip = _description_fields(xml)
-        ours[name] = Domain(uri, name, state, inputs, role, ip)
+        ours[name] = Domain(uri, name, state, inputs, role, ip, _uuid(xml))
     return HostScan(uri, ours, frozenset(foreign))
 
 

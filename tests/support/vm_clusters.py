@@ -6,7 +6,8 @@ downloads first) on the test site, and yields a factory of `VmCluster`s: a
 config with unique names (several runs may share the libvirtd), guests of 256 MiB / 1 vCPU / no
 network, disks under IMAGES_ROOT. Whatever a cluster left on libvirt is swept at the end.
 
-The guest: a 512-byte boot sector that writes BANNER to COM1 (I/O port 0x3f8) and halts. It
+The guest: a 512-byte boot sector that writes BANNER to COM1 (I/O port 0x3f8), then powers
+off when the ACPI power button is pressed (`virsh shutdown`), as an OS would. It
 proves the whole console chain (guest -> 16550 UART -> pty chardev -> virtlogd -> the log file in
 the pool -> vol-download -> `doit logs`) with something the guest itself printed, under KVM and
 TCG alike, in under a second of guest time; a firmware banner (SeaBIOS with useserial) would
@@ -16,6 +17,7 @@ only show the firmware's settings, and a kernel + initrd would take megabytes an
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import stat
 import subprocess
@@ -25,6 +27,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,25 +48,68 @@ IMAGES_ROOT = Path("/var/lib/libvirt/images")
 BANNER = "flatcar-ha test guest: hello on ttyS0"
 
 
+# Said on COM1 when the power button arrives, just before the guest powers itself off.
+POWER_OFF_LINE = "power button: off"
+
+
 def boot_sector(text: str) -> bytes:
-    """16-bit real-mode code at 0x7c00: write text + CRLF to port 0x3f8 byte by byte, then halt."""
-    message = text.encode() + b"\r\n\0"
-    code = bytes([
-        0xFA,              # cli
-        0x31, 0xC0,        # xor ax, ax
-        0x8E, 0xD8,        # mov ds, ax
-        0xBE, 0x16, 0x7C,  # mov si, 0x7c16 (the message, right after this code)
-        0xBA, 0xF8, 0x03,  # mov dx, 0x3f8 (COM1's transmit register)
-        0xAC,              # next: lodsb
-        0x84, 0xC0,        # test al, al
-        0x74, 0x03,        # jz done
-        0xEE,              # out dx, al
-        0xEB, 0xF8,        # jmp next
-        0xF4,              # done: hlt
-        0xEB, 0xFD,        # jmp done
-    ])
-    assert len(code) == 0x16 and len(code + message) <= 510
-    return (code + message).ljust(510, b"\0") + b"\x55\xaa"
+    """16-bit real-mode code at 0x7c00: write text + CRLF to COM1 (port 0x3f8), then wait for the
+    ACPI power button and power off, as a guest OS does on `virsh shutdown`.
+
+    The PM registers sit at the PMBASE SeaBIOS programmed into the chipset (q35's ICH9 LPC 00:1f.0
+    or i440fx's PIIX4 PM 00:01.3, both at config offset 0x40). The code enables the power button
+    event (PM1_EN bit 8), sleeps in hlt (the BIOS timer wakes it 18 times a second), and once
+    PM1_STS shows the button it writes SLP_EN with SLP_TYP 0 to PM1_CNT: QEMU's soft power-off.
+    Assembled with GNU as (.code16, -Ttext 0x7c00); the comments are its source.
+    """
+    bye = POWER_OFF_LINE.encode() + b"\r\n\0"  # at 0x7c69
+    message = text.encode() + b"\r\n\0"  # at 0x7c69 + len(bye)
+    code = bytes.fromhex(
+        "fa"            # cli
+        "31c0"          # xor ax, ax
+        "8ed8"          # mov ds, ax
+        "8ed0"          # mov ss, ax
+        "bc007c"        # mov sp, 0x7c00
+        "be7d7c"        # mov si, message
+        "e84d00"        # call puts
+        "66b840f80080"  # mov eax, 0x8000f840   (00:1f.0, offset 0x40)
+        "e83900"        # call pciread
+        "6683f8ff"      # cmp eax, -1           (no ICH9 LPC: an i440fx machine)
+        "7509"          # jne 1f
+        "66b8400b0080"  # mov eax, 0x80000b40   (00:01.3, offset 0x40)
+        "e82a00"        # call pciread
+        "83e0c0"        # 1: and ax, 0xffc0     (PMBASE)
+        "89c2"          # mov dx, ax
+        "83c202"        # add dx, 2             (PM1_EN)
+        "b80001"        # mov ax, 0x0100        (PWRBTN_EN)
+        "ef"            # out dx, ax
+        "83ea02"        # sub dx, 2             (PM1_STS)
+        "fb"            # sti
+        "f4"            # 2: hlt
+        "ed"            # in ax, dx
+        "f6c401"        # test ah, 1            (PWRBTN_STS)
+        "74f9"          # jz 2b
+        "52"            # push dx
+        "be697c"        # mov si, bye
+        "e81700"        # call puts
+        "5a"            # pop dx
+        "83c204"        # add dx, 4             (PM1_CNT)
+        "b80020"        # mov ax, 0x2000        (SLP_EN, SLP_TYP 0)
+        "ef"            # out dx, ax
+        "faf4ebfc"      # 3: cli; hlt; jmp 3b
+        "baf80c66ef"    # pciread: mov dx, 0xcf8; out dx, eax
+        "bafc0c66ed"    # mov dx, 0xcfc; in eax, dx
+        "c3"            # ret
+        "baf803"        # puts: mov dx, 0x3f8
+        "ac"            # 4: lodsb
+        "84c0"          # test al, al
+        "7403"          # jz 5f
+        "ee"            # out dx, al
+        "ebf8"          # jmp 4b
+        "c3"            # 5: ret
+    )
+    assert len(code) == 0x69 and len(bye) == 0x14 and len(code + bye + message) <= 510
+    return (code + bye + message).ljust(510, b"\0") + b"\x55\xaa"
 
 
 def tiny_qcow2(path: Path, size: str = "64M", banner: str = BANNER) -> Path:
@@ -198,6 +244,19 @@ def sweep(uri: str, cluster: str, image_dir: Path) -> None:
         virsh(uri, "pool-destroy", pool, check=False)
         virsh(uri, "pool-undefine", pool, check=False)
     shutil.rmtree(image_dir, ignore_errors=True)
+
+
+# libvirt's own record of a domain's life, one line per event in /var/log/libvirt/qemu/<vm>.log:
+# "2026-11-29 22:18:34.481+0000: starting up libvirt ...", "...: shutting down, reason=shutdown".
+QEMU_EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\+0000): (starting up|shutting down, reason=\w+)",
+                        re.MULTILINE)
+
+
+def qemu_events(vm_name: str) -> list[tuple[float, str]]:
+    """(wall-clock time, "starting up" | "shutting down, reason=...") as libvirt logged them."""
+    text = Path(f"/var/log/libvirt/qemu/{vm_name}.log").read_text(errors="replace")
+    return [(datetime.strptime(when, "%Y-%m-%d %H:%M:%S.%f%z").timestamp(), what)
+            for when, what in QEMU_EVENT.findall(text)]
 
 
 def qemu_cmdline(vm_name: str) -> str:
