@@ -270,3 +270,16 @@ def test_preflight_refuses_more_memory_than_the_hypervisor_has(make_cluster: Mak
     out = tc.doit_fails("preflight")
     assert f"vm.memory_mib: the VMs to start on {tc.uri} need 8000000 MiB (cp1 (4000000), w2 (4000000))" in out
     assert "nodes[].vm.libvirt_uri" in out
+
+
+def test_pool_refuses_a_folder_without_room_for_the_image_and_first_boots(make_cluster: MakeCluster) -> None:
+    tc = make_cluster(2)
+    tc.image_dir.mkdir(mode=0o711)
+    # image_dir as the pipeline sees it: a 1 MiB tmpfs (libvirtd, outside this namespace, never
+    # gets asked: the check comes first).
+    small = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f'mount -t tmpfs -o size=1m,mode=0711 none {tc.image_dir} && exec "$@"', "sh"]
+    out = tc.doit_fails("pool", prefix=small)
+    assert f"GiB free for the base image and the node disks in {tc.pool_dir()} on {tc.uri}" in out
+    assert "at least 2.0 GiB are needed" in out and "choose another vm.image_dir" in out
+    assert virsh(tc.uri, "pool-info", f"flatcar-ha-{tc.c.name}", check=False).returncode != 0

@@ -162,8 +162,8 @@ class VmCluster:
         assert result.returncode == 0, result.stdout
         return result.stdout
 
-    def doit_fails(self, *args: str) -> str:
-        result = run_doit(self.config, *args, merged=True, timeout=600)
+    def doit_fails(self, *args: str, prefix: Sequence[str] = ()) -> str:
+        result = run_doit(self.config, *args, prefix=prefix, merged=True, timeout=600)
         assert result.returncode != 0, result.stdout
         assert "Traceback" not in result.stdout
         return result.stdout
