@@ -13,8 +13,10 @@ from tasks.stages.hosts import task_pool, task_preflight
 from tasks.stages.image import task_image, task_verify_gpg
 from tasks.stages.kubeconfig import task_kubeconfig
 from tasks.stages.lock import task_lock
+from tasks.stages.logs import task_logs
 from tasks.stages.overlay import task_overlay
 from tasks.stages.pki import task_pki, task_rotate_pki
+from tasks.stages.power import task_start, task_stop
 from tasks.stages.prune import task_prune
 from tasks.stages.render import task_render
 from tasks.stages.secrets import task_secrets
@@ -50,6 +52,7 @@ __all__ = [
     "task_image",
     "task_kubeconfig",
     "task_lock",
+    "task_logs",
     "task_new_cluster",
     "task_overlay",
     "task_pki",
@@ -62,7 +65,9 @@ __all__ = [
     "task_rotate_pki",
     "task_secrets",
     "task_show",
+    "task_start",
     "task_status",
+    "task_stop",
     "task_translate",
     "task_verify_gpg",
     "task_verify_ha",

@@ -4,7 +4,7 @@
 Stand-alone (never run by pytest), as root, with libvirt installed. Uses the tests' libvirt setup
 (starts virtlogd/libvirtd only if absent, stops only those), a tiny qcow2 signed by a throwaway key
 and served on 127.0.0.1, and guests of 256 MiB / 1 vCPU / no network. Untimed: new_cluster, image
-and the storage pool (base image upload). Timed: overlays + Ignition upload + define + start of all
+and the storage pool (base image upload). Timed: overlays + Ignition upload + virt-install of all
 5 nodes; between rounds `doit -n 5 -P thread rm_vm` removes them again.
 
 Usage: .venv/bin/python bench/bench_vms.py [--rounds 3]
@@ -94,7 +94,7 @@ def main() -> None:
                         assert sum(n.startswith(f"{name}-") for n in running) == 5, running
                         doit(config, "-n", "5", "-P", "thread", "rm_vm")
                 doit(config, "rm_ha")
-                print(f"5 VMs (256 MiB, 1 vCPU, no network), overlays + Ignition upload + define + start, "
+                print(f"5 VMs (256 MiB, 1 vCPU, no network), overlays + Ignition upload + virt-install, "
                       f"{args.rounds} rounds, {Path('/dev/kvm').exists() and 'KVM' or 'TCG'}:")
                 for label, values in times.items():
                     print(f"  {label:28} median {statistics.median(values):6.2f} s   "

@@ -16,11 +16,12 @@ Code map (data flows config -> plan -> stages -> files; the README has the long 
     flatcar/   the Flatcar image: downloads, gpg verification, the verified image cache
     artifacts/ every file the nodes download: asked for by the config, resolved into the lock
                beside it, checked in each node's Ignition, bundled for air-gapped sites
-    libvirt/   virsh, domain XML, storage pools and volumes, preflight, what a hypervisor holds
+    libvirt/   virsh, virt-install, domain metadata and ownership, storage pools and volumes, boot
+               logs, preflight (network, memory, disk), what a hypervisor holds
     kube/      the cluster from the host: its API (verified sessions, readiness), etcd (the host's
                short-lived client certificate, etcdctl), HA probes; kubeconfig merges; serving
                certificates, snapshots, retiring a control plane (quorum check, member, Node)
-    report/    what `show`, `status`, `verify_ha`, `certs` and `graph` print
+    report/    what `show`, `status`, `verify_ha`, `certs` and `graph` print, and what a boot log says
     stages/    every doit task creator (task_*) and its actions; only dodo.py imports a stage
 
 Libraries (everything but stages/) never import a stage or doit; tests/test_architecture.py

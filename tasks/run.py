@@ -17,6 +17,7 @@ from tasks.errors import ToolError
 INSTALL_HINTS: dict[str, str] = {
     "virsh": "apt-get install libvirt-clients",
     "qemu-img": "apt-get install qemu-utils",
+    "virt-install": "apt-get install virtinst",
     "gpg": "apt-get install gnupg",
     "gpgconf": "apt-get install gnupg",
     "butane": "install the Butane binary, or set butane.backend: native",

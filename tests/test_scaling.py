@@ -88,7 +88,9 @@ def test_add_a_worker_then_prune_it(make_cluster: MakeCluster) -> None:
     assert f"VM      {w3}" in listing
     assert "(worker w3, 192.168.122.33, running)" in listing
     volumes = [f for f in pool_files(tc) if f.startswith("w3.")]
-    assert sorted(volumes) == sorted([Path(w3_disk).name, Path(w3_disk).name.replace(".qcow2", ".ign")])
+    # Its disk, its Ignition copy and its boot log.
+    assert sorted(volumes) == sorted([Path(w3_disk).name, Path(w3_disk).name.replace(".qcow2", ".ign"),
+                                      "w3.console.log"])
     for volume in volumes:
         assert f"flatcar-ha-{tc.c.name}/{volume}" in listing
     assert str(paths.ign_file("w3")) in listing and str(paths.butane_file("w3")) in listing
@@ -101,7 +103,7 @@ def test_add_a_worker_then_prune_it(make_cluster: MakeCluster) -> None:
     assert w3 in tc.domains() and paths.ign_file("w3").exists()
 
     removed = tc.doit("prune", "--yes")
-    assert "removed 5 item(s)" in removed, removed
+    assert "removed 6 item(s)" in removed, removed
     assert f"still lists w3 until you run: kubectl --kubeconfig {paths.admin_conf} delete node w3" in removed
     assert tc.domains() == sorted([*before_ids, stranger])
     assert not [f for f in pool_files(tc) if f.startswith("w3.")]

@@ -16,7 +16,7 @@ from support.fake_api import ServerFactory, api_node
 from support.libvirtd import virsh
 from support.pipeline import status_table as table
 from support.pki import write_apiserver_cert
-from support.vm_clusters import MakeCluster, define_foreign_domain
+from support.vm_clusters import BANNER, MakeCluster, define_foreign_domain
 from tasks.libvirt.domain import VmInputs
 from tasks.libvirt.inventory import Domain
 from tasks.paths import Build
@@ -109,3 +109,32 @@ def test_ignition_state_compares_the_recorded_sha256(tmp_path: Path) -> None:
 
     assert ignition_state(ign, domain(digest)) == CURRENT
     assert ignition_state(ign, domain("f" * 64)) == CHANGED
+
+
+def test_status_flags_a_failed_ignition_and_an_emergency_shell_from_the_boot_log(make_cluster: MakeCluster) -> None:
+    tc = make_cluster(3)
+    tc.doit("ha")
+    for node in ("cp1", "cp2", "cp3"):
+        tc.wait_for_console(node, BANNER)
+    calm = table(tc.doit("status", "--no-api"))
+    assert {calm[n]["BOOT"] for n in calm} == {BANNER}  # the last line each guest printed
+    # What Flatcar's console shows when Ignition cannot create a file, then drops to the shell.
+    failure = "ignition[512]: CRITICAL : Ignition failed: failed to create files: failed to create files"
+    with tc.console_log("cp1").open("a") as log:
+        log.write(f"[    7.9] {failure}\r\n[FAILED] Failed to start ignition-files.service - Ignition (files).\r\n"
+                  "[  OK  ] Reached target emergency.target - Emergency Mode.\r\n")
+    with tc.console_log("cp3").open("a") as log:
+        log.write("Generating \"/run/initramfs/rdsosreport.txt\"\r\n\r\nEntering emergency mode. Exit the shell to "
+                  "continue.\r\nType \"journalctl\" to view system logs.\r\n")
+    out = tc.doit("status", "--no-api")
+    rows = table(out)
+    assert rows["cp1"]["BOOT"].startswith("IGNITION FAILED: [    7.9] ignition[512]: CRITICAL")
+    assert rows["cp3"]["BOOT"] == "EMERGENCY SHELL: Entering emergency mode. Exit the shell ..."  # cut at 60
+    assert rows["cp2"]["BOOT"] == BANNER
+    # Prominent: above the table, with the whole line, and what to do.
+    head = out.split("NODE ")[0]
+    assert "!!! BOOT PROBLEMS on 2 node(s)" in head
+    assert f"!!! cp1: IGNITION FAILED: [    7.9] {failure}" in head
+    assert "!!! cp3: EMERGENCY SHELL: Entering emergency mode. Exit the shell to continue.\n" in head
+    assert "cp1: boot ignition failed: read doit logs node=cp1" in out
+    assert "cp2: boot" not in out

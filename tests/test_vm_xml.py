@@ -5,59 +5,138 @@ from __future__ import annotations
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tasks.config import parse_config
-from tasks.libvirt.domain import FWCFG_NAME, DomainSpec, VmInputs, disk_file, domain_xml, fwcfg_file
-from tasks.libvirt.storage import pool_xml, volume_xml
-from tasks.libvirt.virsh import parse_capabilities, parse_version
+from tasks.errors import LibvirtError
+from tasks.libvirt.domain import FWCFG_NAME, Placement, VmInputs, console_log_file, disk_file, fwcfg_file
+from tasks.libvirt.install import InstallSpec, choose_osinfo, guest_cpu, virt_install_argv
+from tasks.libvirt.storage import OWN_VOLUME, console_volumes, pool_xml, volume_xml
+from tasks.libvirt.virsh import Capabilities, HostInfo, parse_capabilities, parse_version
 from tasks.plan.hosts import host_key, hosts, is_node_volume, overlay_volume
 
 INPUTS = VmInputs("ha", "node1-cp", "a" * 64, "b" * 64, "c" * 64)
+PLACED = Placement("labnet", "192.168.122.31", "192.168.122.30", 77)
+POOL_DIR = "/var/lib/libvirt/images/flatcar/ha"
+# libvirt's test driver with a node file: a pool with the node's volume and a network, all inside
+# virsh/virt-install (no daemon, nothing on the host). virt-install --print-xml there shows what
+# it would define, through the same XML code the real driver uses.
+NODE_XML = f"""<node>
+  <network><name>labnet</name><bridge name='virbr77'/><forward mode='nat'/>
+    <ip address='192.168.122.1' netmask='255.255.255.0'/></network>
+  <pool type='dir'><name>flatcar-ha-ha</name><target><path>{POOL_DIR}</path></target>
+    <volume type='file'><name>node1-cp.x.qcow2</name><capacity unit='GiB'>1</capacity>
+      <target><path>{POOL_DIR}/node1-cp.x.qcow2</path><format type='qcow2'/></target></volume></pool>
+</node>"""
 
 
-def spec(**changes: object) -> DomainSpec:
+def spec(**changes: object) -> InstallSpec:
     values: dict[str, object] = dict(
-        name="ha-node1-cp", description="d", domain_type="kvm", memory_mib=4096, vcpus=4,
-        disk_path="/var/lib/libvirt/images/flatcar/ha/node1-cp.x.qcow2",
-        ignition_path="/var/lib/libvirt/images/flatcar/ha/node1-cp.x.ign", network="default",
-        mac="52:54:00:aa:bb:01", graphics="vnc", inputs=INPUTS)
+        name="ha-node1-cp", description="flatcar-ha cluster ha: control-plane node1-cp (192.168.122.31)",
+        domain_type="test", memory_mib=4096, vcpus=4, cpu="Westmere", osinfo="linux2022", pool="flatcar-ha-ha",
+        disk_volume="node1-cp.x.qcow2", ignition_path=f"{POOL_DIR}/node1-cp.x.ign",
+        console_log=f"{POOL_DIR}/node1-cp.console.log", network="labnet", mac="52:54:00:aa:bb:01",
+        graphics="vnc", autostart=True, inputs=INPUTS, placement=PLACED)
     values.update(changes)
-    return DomainSpec(**values)  # type: ignore[arg-type]
+    return InstallSpec(**values)  # type: ignore[arg-type]
 
 
 def validate(tmp_path: Path, kind: str, xml: str) -> None:
     if shutil.which("virt-xml-validate") is None or shutil.which("xmllint") is None:
         pytest.skip("virt-xml-validate or xmllint missing (apt-get install libvirt-clients libxml2-utils)")
-    path = tmp_path / f"{kind}.xml"
+    path = tmp_path / f"{kind}-{abs(hash(xml))}.xml"
     path.write_text(xml)
     argv = ["virt-xml-validate", str(path), kind]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("changes", [
+def printed_xml(tmp_path: Path, install: InstallSpec, tag: str = "") -> str:
+    """What virt-install would define for install, from libvirt's test driver."""
+    if shutil.which("virt-install") is None:
+        pytest.skip("virt-install missing (apt-get install virtinst)")
+    node = tmp_path / f"node{tag}.xml"
+    node.write_text(NODE_XML)
+    argv = [*virt_install_argv(f"test://{node}", install), "--print-xml"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+VARIANTS: list[dict[str, object]] = [
     {},
-    {"network": None, "graphics": "none", "domain_type": "qemu"},
-    {"graphics": "spice"},
-    {"fwcfg_sysinfo": False},
-])
-def test_domain_xml_is_valid_for_libvirt(tmp_path: Path, changes: dict[str, object]) -> None:
-    xml = domain_xml(spec(**changes))
+    {"network": None, "graphics": "none", "autostart": False},
+    {"graphics": "spice", "cpu": "host-passthrough,-arch-capabilities"},
+    {"fwcfg_sysinfo": False, "cpu": "mode=maximum"},
+]
+
+
+def test_virt_install_makes_the_domain_we_read_back(tmp_path: Path) -> None:
+    installs = [spec(**changes) for changes in VARIANTS]
+    # virt-install takes seconds to start: the variants run side by side.
+    with ThreadPoolExecutor(len(installs)) as pool:
+        printed = list(pool.map(lambda i: printed_xml(tmp_path, i[1], str(i[0])), enumerate(installs)))
+    for install, xml in zip(installs, printed, strict=True):
+        check_printed(tmp_path, install, xml)
+
+
+def check_printed(tmp_path: Path, install: InstallSpec, xml: str) -> None:
+    argv = virt_install_argv("qemu:///system", install)
+    assert ("--autostart" in argv) == install.autostart
+    assert argv[argv.index("--virt-type") + 1] == "test" and "--import" in argv and "--noautoconsole" in argv
     validate(tmp_path, "domain", xml)
     root = ET.fromstring(xml)
-    assert fwcfg_file(xml) == "/var/lib/libvirt/images/flatcar/ha/node1-cp.x.ign"
-    assert disk_file(xml) == "/var/lib/libvirt/images/flatcar/ha/node1-cp.x.qcow2"
-    assert VmInputs.from_domain_xml(xml) == INPUTS
-    assert (root.find("sysinfo") is not None) == changes.get("fwcfg_sysinfo", True)
+    assert fwcfg_file(xml) == f"{POOL_DIR}/node1-cp.x.ign"
+    assert (root.find("sysinfo[@type='fwcfg']") is not None) == install.fwcfg_sysinfo
+    # The volume, resolved by virt-install through the storage API to its path on the hypervisor.
+    assert disk_file(xml) == f"{POOL_DIR}/node1-cp.x.qcow2"
+    assert console_log_file(xml) == f"{POOL_DIR}/node1-cp.console.log"
+    assert root.find("devices/serial/log").get("append") == "on"  # type: ignore[union-attr]
+    assert VmInputs.from_domain_xml(xml) == INPUTS and Placement.from_domain_xml(xml) == PLACED
+    assert root.findtext("description") == install.description
+    assert root.find("devices/rng/backend").text == "/dev/urandom"  # type: ignore[union-attr]
+    cpu = root.find("cpu")
+    assert cpu is not None
+    if install.cpu == "Westmere":
+        assert cpu.findtext("model") == "Westmere"
+    elif install.cpu.startswith("host-passthrough"):
+        assert cpu.get("mode") == "host-passthrough"
+        assert [(f.get("policy"), f.get("name")) for f in cpu.iter("feature")] == [("disable", "arch-capabilities")]
+    else:
+        assert cpu.get("mode") == "maximum"
     macs = [m.get("address") for m in root.iter("mac")]
-    assert macs == ([] if changes.get("network", "default") is None else ["52:54:00:aa:bb:01"])
+    assert macs == ([] if install.network is None else ["52:54:00:aa:bb:01"])
     for graphics in root.iter("graphics"):
         assert graphics.get("listen") == "127.0.0.1"
-    if changes.get("graphics") == "none":
+    if install.graphics == "none":
         assert root.find("devices/graphics") is None
+
+
+def kvm(nested: bool = False, on: bool = True) -> HostInfo:
+    return HostInfo(Capabilities(on, 64055, 108, nested), (9, 0, 0))
+
+
+def test_guest_cpu_by_hypervisor() -> None:
+    assert guest_cpu("auto", kvm()) == "host-passthrough"
+    # Nested KVM aborts on MSR 0x10a (IA32_ARCH_CAPABILITIES) with host-passthrough/-model/maximum.
+    assert guest_cpu("auto", kvm(nested=True)) == "host-passthrough,-arch-capabilities"
+    assert guest_cpu("auto", kvm(on=False)) == "Westmere"  # TCG: never QEMU's qemu64
+    assert guest_cpu("maximum", kvm()) == "mode=maximum"
+    assert guest_cpu("maximum,-x2apic", kvm()) == "mode=maximum,-x2apic"
+    assert guest_cpu("EPYC,+aes", kvm(on=False)) == "EPYC,+aes"
+    assert guest_cpu("host-model", kvm(nested=True)) == "host-model"
+
+
+def test_osinfo_from_what_the_database_knows() -> None:
+    known = frozenset({"linux2016", "linux2022", "linux2020", "generic", "fedora-coreos-stable"})
+    assert choose_osinfo("auto", known) == "linux2022"
+    assert choose_osinfo("auto", frozenset({"generic"})) == "detect=on,require=off"
+    assert choose_osinfo("fedora-coreos-stable", known) == "fedora-coreos-stable"
+    with pytest.raises(LibvirtError, match="not in the osinfo database"):
+        choose_osinfo("flatcar", known)
 
 
 def test_storage_xml_is_valid_for_libvirt(tmp_path: Path) -> None:
@@ -79,7 +158,7 @@ def test_disk_key_follows_ignition_and_image_only() -> None:
     assert spec_only.disk_key == INPUTS.disk_key
     assert len({INPUTS.disk_key, new_ign.disk_key, new_image.disk_key}) == 3
     assert spec_only.changes_from(INPUTS) == [
-        "VM settings (memory, vCPUs, disk, MAC, network, graphics, hypervisor)"]
+        "VM settings (memory, vCPUs, CPU, disk, MAC, network, graphics, OS, hypervisor)"]
     assert new_ign.changes_from(INPUTS) == ["Ignition"]
     assert INPUTS.changes_from(INPUTS) == []
     assert overlay_volume(new_ign) != overlay_volume(INPUTS)
@@ -87,16 +166,18 @@ def test_disk_key_follows_ignition_and_image_only() -> None:
     assert not is_node_volume("node1", overlay_volume(INPUTS))  # node1 is not node1-cp
 
 
-CAPS = """<capabilities><host><secmodel><model>none</model></secmodel>
+CAPS = """<capabilities><host>{cpu}<secmodel><model>none</model></secmodel>
 <secmodel><model>dac</model><doi>0</doi><baselabel type='kvm'>+64055:+108</baselabel></secmodel></host>
 <guest><os_type>hvm</os_type><arch name='i686'><domain type='qemu'/><domain type='kvm'/></arch></guest>
 <guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/>{kvm}</arch></guest></capabilities>"""
 
 
-def test_capabilities_tell_kvm_and_qemus_dac_label() -> None:
-    assert parse_capabilities(CAPS.format(kvm="<domain type='kvm'/>")) == (True, 64055, 108)
+def test_capabilities_tell_kvm_nesting_and_qemus_dac_label() -> None:
+    nested = "<cpu><arch>x86_64</arch><model>kvm64</model><feature name='hypervisor'/></cpu>"
+    assert parse_capabilities(CAPS.format(kvm="<domain type='kvm'/>", cpu="")) == Capabilities(True, 64055, 108, False)
     # KVM for another architecture does not count.
-    assert parse_capabilities(CAPS.format(kvm="")) == (False, 64055, 108)
+    assert parse_capabilities(CAPS.format(kvm="", cpu="")) == Capabilities(False, 64055, 108, False)
+    assert parse_capabilities(CAPS.format(kvm="", cpu=nested)).nested
     assert parse_version("Running against daemon: 9.0.0\n") == (9, 0, 0)
 
 
@@ -116,3 +197,13 @@ network: {vip: 192.168.122.30, prefix: 24, gateway: 192.168.122.1}
     assert found[0].pool == "flatcar-ha-two" and found[0].pool_path == "/var/lib/libvirt/images/flatcar/two"
     assert host_key("qemu+ssh://root@hv2/system") == "qemu-ssh-root-hv2-system"
     assert FWCFG_NAME == "opt/org.flatcar-linux/config"
+
+
+def test_only_volumes_of_our_names_are_ours() -> None:
+    ours = ["flatcar-base-0123456789abcdef.qcow2", "flatcar-base-0123456789abcdef.qcow2.complete",
+            "cp1.0123456789ab.qcow2", "cp1.0123456789ab.ign", "cp1.console.log", "cp1.console.log.2",
+            "flatcar-ha-pool.json"]
+    foreign = ["notes.txt", "cp1.qcow2", ".hidden", "sub", "cp1.console.log.old", "flatcar-base-x.qcow2", "disk.img"]
+    assert [n for n in ours + foreign if OWN_VOLUME.fullmatch(n)] == ours
+    names = ["cp1.console.log.1", "cp1.console.log", "cp1.console.log.0", "cp10.console.log", "cp1.0123456789ab.ign"]
+    assert console_volumes(names, "cp1") == ["cp1.console.log.1", "cp1.console.log.0", "cp1.console.log"]

@@ -24,6 +24,33 @@ def absolute_path(value: str) -> str | None:
     return None if value.startswith("/") else f"{describe(value)} must be an absolute path on the hypervisor"
 
 
+# Folders whose children are the system's or libvirt's own: the pool folder image_dir/<name> must
+# never be one of them (image_dir /var/lib/libvirt with name qemu is libvirt's state folder).
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/cache",
+    "/var/lib", "/var/log", "/var/run", "/var/spool", "/var/tmp", "/var/lib/libvirt",
+})
+# Trees that hold no disks, ever (kernel interfaces, the OS itself, runtime state).
+SYSTEM_TREES = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/boot/", "/run/", "/bin/", "/sbin/", "/lib/",
+                "/lib64/", "/var/run/", "/var/lib/libvirt/qemu/", "/var/log/")
+# virt-install takes paths inside comma-separated options (log.file=..., entry0.file=...).
+PATH_TEXT = re.compile(r"(/[A-Za-z0-9._+-]+)+")
+
+
+def safe_image_dir(value: str) -> str | None:
+    """image_dir/<name> becomes a folder the pipeline creates and, at rm_ha, deletes."""
+    if value in SYSTEM_DIRS or (value + "/").startswith(SYSTEM_TREES):
+        return (f"{describe(value)} is a system folder: each cluster's disks go to <image_dir>/<name>, "
+                "which must be a folder of its own (the default is /var/lib/libvirt/images/flatcar)")
+    if any(part in (".", "..") for part in value.split("/")):
+        return f"{describe(value)} must not contain . or .. components"
+    if not PATH_TEXT.fullmatch(value):
+        return (f"{describe(value)} must be an absolute path of letters, digits and . _ + - "
+                "(no spaces or commas: virt-install reads it inside its options)")
+    return None
+
+
 def openssh_public_key(key: str) -> str | None:
     return public_key_problem(key)
 
@@ -224,3 +251,8 @@ def time_zone(name: str) -> str | None:
     if name not in zoneinfo.available_timezones():
         return f"{describe(name)} is not a time zone of the IANA database (e.g. UTC, Europe/Berlin)"
     return None
+
+
+def folder_text(value: Any) -> Any:
+    """/a/b/ -> /a/b (but / stays /, for safe_image_dir to refuse by name)."""
+    return (value.rstrip("/") or "/") if isinstance(value, str) else value

@@ -19,6 +19,7 @@ from tasks.config.checks import (
     absolute_path,
     at_most,
     fingerprint_text,
+    folder_text,
     free_monitor_port,
     free_port,
     host_address,
@@ -32,6 +33,7 @@ from tasks.config.checks import (
     openssh_public_key,
     pod_subnet,
     quoted_version,
+    safe_image_dir,
     service_subnet,
     strip,
     time_zone,
@@ -55,6 +57,8 @@ K8S_EXPECT = "a minor such as \"1.36\" (its newest patch) or a release such as v
 GO_DURATION = r"0|(\d+h)?(\d+m)?(\d+s)?"
 URL = r"(https?|file)://\S+"
 NAME = r"[A-Za-z0-9_.-]+"
+# virt-install's --cpu: a mode or a QEMU model name, then features to force (+) or disable (-).
+CPU_MODEL = r"[A-Za-z][A-Za-z0-9_.-]*(,[+-][a-z0-9_.-]+)*"
 LAYER_ROLES = ("all", CONTROL_PLANE, WORKER)
 
 
@@ -83,12 +87,18 @@ class VmSpec:
     )
     libvirt_network: str = setting("default", pattern=NAME, expect="a libvirt network name",
                                    help="the libvirt network the nodes are attached to")
-    image_dir: str = setting("/var/lib/libvirt/images/flatcar", check=(absolute_path,),
-                             help="where the node disks live, on the hypervisor")
+    image_dir: str = setting("/var/lib/libvirt/images/flatcar", normalize=folder_text,
+                             check=(absolute_path, safe_image_dir),
+                             help="on the hypervisor: each cluster's disks and boot logs go to <image_dir>/<name>")
     graphics: str = setting("vnc", choices=("vnc", "spice", "none"),
                             help="the VM console: vnc or spice (on 127.0.0.1 only), or none")
-    os_variant: str = setting("generic", pattern=NAME, expect="an osinfo name such as generic",
-                              help="virt-install's --os-variant")
+    os_variant: str = setting("auto", pattern=NAME, expect="auto, or an osinfo short id such as linux2022",
+                              help="virt-install's --osinfo; auto: the newest generic Linux the osinfo db knows")
+    cpu: str = setting(
+        "auto", pattern=CPU_MODEL, expect="auto, host-passthrough, host-model, maximum or a model such as Westmere, "
+        "each optionally followed by ,+feature or ,-feature",
+        help="the guest CPU; auto: host-passthrough under KVM (nested-safe), Westmere under emulation")
+    autostart: bool = setting(True, help="start the VM whenever its hypervisor starts")
 
     @property
     def is_remote(self) -> bool:

@@ -262,3 +262,31 @@ def delete_node(target: ApiTarget, name: str, request_timeout: float = REQUEST_T
         raise PipelineError(f"DELETE {url} answered {answer.status_code}: {answer.text.strip()[:200]}",
                             "check admin.conf's rights (doit certs) and the API server's log")
     return f"Kubernetes: deleted Node {name}"
+
+
+def route_problem(server: str) -> str | None:
+    """Why this host cannot reach server at all (no route to its address), or None.
+
+    A UDP socket's connect() only looks the route up: not a packet leaves the host, so this is
+    safe to ask of addresses that belong to the nodes. A missing route is worth saying apart from
+    "not answering yet": waiting cannot fix it (the nodes' network lives on another hypervisor,
+    or libvirt's network is not started here)."""
+    import errno
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        return f"{host} does not resolve ({exc.strerror or exc})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.connect(address)
+        except OSError as exc:
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return f"this host has no route to {address[0]} ({exc.strerror})"
+            raise
+    return None

@@ -1,4 +1,11 @@
-"""One node's libvirt domain: its XML (Ignition through QEMU fw_cfg), creation, state, removal."""
+"""One node's libvirt domain as the pipeline sees it: what it was made from (its metadata), its
+state, and its removal, which checks ownership first.
+
+virt-install (tasks/libvirt/install.py) writes the metadata; everything here reads it back. A
+domain is this cluster's only when its metadata says so: a name alone proves nothing (cluster
+`ha` with a node `2-node1-cp` and cluster `ha-2` with a node `node1-cp` both name a VM
+`ha-2-node1-cp`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from tasks.errors import LibvirtError
-from tasks.libvirt.virsh import NotFoundError, virsh, virsh_xml
+from tasks.libvirt.virsh import NotFoundError, virsh
 
 FWCFG_NAME = "opt/org.flatcar-linux/config"
 # Our own element in the domain's <metadata>: what the VM was created from.
@@ -34,19 +41,17 @@ class VmInputs:
     def changes_from(self, old: VmInputs) -> list[str]:
         """What differs from the VM's recorded inputs, in words; [] when nothing does."""
         names = {"ignition_sha256": "Ignition", "image_sha256": "base image",
-                 "spec_sha256": "VM settings (memory, vCPUs, disk, MAC, network, graphics, hypervisor)"}
+                 "spec_sha256": "VM settings (memory, vCPUs, CPU, disk, MAC, network, graphics, OS, hypervisor)"}
         return [label for field, label in names.items() if getattr(self, field) != getattr(old, field)]
 
-    def to_element(self) -> ET.Element:
-        return ET.Element(f"{{{META_NS}}}vm", {
-            "cluster": self.cluster, "node": self.node, "ignition": self.ignition_sha256,
-            "image": self.image_sha256, "spec": self.spec_sha256,
-        })
+    def attributes(self) -> dict[str, str]:
+        return {"cluster": self.cluster, "node": self.node, "ignition": self.ignition_sha256,
+                "image": self.image_sha256, "spec": self.spec_sha256}
 
     @classmethod
     def from_domain_xml(cls, xml: str) -> VmInputs | None:
         """The inputs recorded in a domain's metadata; None for a domain this project did not make."""
-        found = ET.fromstring(xml).find(f"metadata/{{{META_NS}}}vm")
+        found = _our_element(xml)
         if found is None:
             return None
         keys = ("cluster", "node", "ignition", "image", "spec")
@@ -56,112 +61,111 @@ class VmInputs:
 
 
 @dataclass(frozen=True)
-class DomainSpec:
-    name: str
-    description: str
-    domain_type: str  # kvm, or qemu (emulation) where KVM is not available
-    memory_mib: int
-    vcpus: int
-    disk_path: str
-    ignition_path: str
-    network: str | None  # None: no network interface at all
-    mac: str
-    graphics: str  # vnc | spice | none
-    inputs: VmInputs
-    fwcfg_sysinfo: bool = True  # False: pass -fw_cfg on QEMU's command line (old libvirt)
+class Placement:
+    """Where a VM sits on its network, recorded so that other clusters' preflights can see it."""
+
+    network: str  # the libvirt network, or "none"
+    ip: str
+    vip: str
+    router_id: int  # keepalived's virtual_router_id
+
+    def attributes(self) -> dict[str, str]:
+        return {"network": self.network, "ip": self.ip, "vip": self.vip, "vrid": str(self.router_id)}
+
+    @classmethod
+    def from_domain_xml(cls, xml: str) -> Placement | None:
+        found = _our_element(xml)
+        if found is None or any(found.get(k) is None for k in ("network", "ip", "vip", "vrid")):
+            return None
+        try:
+            router_id = int(str(found.get("vrid")))
+        except ValueError:
+            return None
+        return cls(str(found.get("network")), str(found.get("ip")), str(found.get("vip")), router_id)
 
 
-def domain_xml(spec: DomainSpec) -> str:
-    ET.register_namespace("flatcar-ha", META_NS)
-    ET.register_namespace("qemu", QEMU_NS)
-    dom = ET.Element("domain", type=spec.domain_type)
-    ET.SubElement(dom, "name").text = spec.name
-    ET.SubElement(dom, "description").text = spec.description
-    ET.SubElement(dom, "metadata").append(spec.inputs.to_element())
-    ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
-    ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
-    if spec.fwcfg_sysinfo:
-        # libvirt then grants QEMU access to the file itself (DAC/SELinux labels), so the copy
-        # stays 0600 and is never readable by anyone else.
-        sysinfo = ET.SubElement(dom, "sysinfo", type="fwcfg")
-        ET.SubElement(sysinfo, "entry", name=FWCFG_NAME, file=spec.ignition_path)
-    os_el = ET.SubElement(dom, "os")
-    ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
-    ET.SubElement(os_el, "boot", dev="hd")
-    features = ET.SubElement(dom, "features")
-    ET.SubElement(features, "acpi")
-    ET.SubElement(features, "apic")
-    # No <cpu>: host-passthrough and host-model abort QEMU under nested KVM ("failed to set MSR
-    # 0x10a"); libvirt's default model runs everywhere.
-    ET.SubElement(dom, "clock", offset="utc")
-    devices = ET.SubElement(dom, "devices")
-    disk = ET.SubElement(devices, "disk", type="file", device="disk")
-    ET.SubElement(disk, "driver", name="qemu", type="qcow2", discard="unmap")
-    ET.SubElement(disk, "source", file=spec.disk_path)
-    ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    if spec.network is not None:
-        iface = ET.SubElement(devices, "interface", type="network")
-        ET.SubElement(iface, "source", network=spec.network)
-        ET.SubElement(iface, "mac", address=spec.mac)
-        ET.SubElement(iface, "model", type="virtio")
-    # A serial console for `virsh console`; nothing attaches to it here.
-    ET.SubElement(ET.SubElement(devices, "serial", type="pty"), "target", port="0")
-    ET.SubElement(ET.SubElement(devices, "console", type="pty"), "target", type="serial", port="0")
-    if spec.graphics != "none":
-        # Loopback only: a VNC/SPICE console must not be reachable from the network.
-        graphics = ET.SubElement(devices, "graphics", type=spec.graphics, autoport="yes", listen="127.0.0.1")
-        ET.SubElement(graphics, "listen", type="address", address="127.0.0.1")
-    rng = ET.SubElement(devices, "rng", model="virtio")
-    ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
-    if not spec.fwcfg_sysinfo:
-        cmdline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-        ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value="-fw_cfg")
-        ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=f"name={FWCFG_NAME},file={spec.ignition_path}")
-    return ET.tostring(dom, encoding="unicode")
+def _our_element(xml: str) -> ET.Element | None:
+    return ET.fromstring(xml).find(f"metadata/{{{META_NS}}}vm")
 
 
 @dataclass(frozen=True)
 class DomainState:
-    running: bool
-    inputs: VmInputs | None
+    state: str  # virsh's words: running, shut off, paused ...
+    autostart: bool
+    uuid: str
+    inputs: VmInputs | None  # None: not made by flatcar-ha
     xml: str
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def owned_by(self, cluster: str) -> bool:
+        return self.inputs is not None and self.inputs.cluster == cluster
+
+    def owner(self) -> str:
+        """Who the domain belongs to, in words, for messages."""
+        if self.inputs is None:
+            return "no flatcar-ha cluster (it has no flatcar-ha metadata)"
+        return f"cluster {self.inputs.cluster} (node {self.inputs.node})"
+
+
+def parse_dominfo(text: str) -> dict[str, str]:
+    """`virsh dominfo` as {key: value}: State, Autostart, UUID ..."""
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def domain_state(uri: str, name: str) -> DomainState | None:
     """The defined domain's state and recorded inputs; None when no such domain exists."""
     try:
-        state = virsh(uri, "domstate", name, quiet=True).strip()
+        info = parse_dominfo(virsh(uri, "dominfo", name, quiet=True))
         xml = virsh(uri, "dumpxml", "--inactive", name, quiet=True)
     except NotFoundError:
         return None
-    return DomainState(state == "running", VmInputs.from_domain_xml(xml), xml)
-
-
-def define_and_start(uri: str, spec: DomainSpec) -> None:
-    virsh_xml(uri, "define", domain_xml(spec))
-    virsh(uri, "start", spec.name)
+    return DomainState(info.get("State", "?"), info.get("Autostart") == "enable", info.get("UUID", ""),
+                       VmInputs.from_domain_xml(xml), xml)
 
 
 def start(uri: str, name: str) -> None:
     virsh(uri, "start", name)
 
 
-def remove_domain(uri: str, name: str) -> None:
-    """Stop (hard) and undefine the domain; a domain that is stopped or gone is fine."""
+def set_autostart(uri: str, current: DomainState, wanted: bool) -> None:
+    if current.autostart != wanted:
+        virsh(uri, "autostart", *([] if wanted else ["--disable"]), current.uuid)
+
+
+class ForeignDomainError(LibvirtError):
+    """A domain with the name asked for exists, but it is not this cluster's."""
+
+
+def remove_domain(uri: str, name: str, cluster: str) -> bool:
+    """Stop (hard) and undefine this cluster's domain `name`, its NVRAM too; False when there is
+    none. A domain of that name that is not this cluster's (by its metadata) is never touched:
+    ForeignDomainError."""
     current = domain_state(uri, name)
     if current is None:
-        return
+        return False
+    if not current.owned_by(cluster):
+        raise ForeignDomainError(
+            f"domain {name} on {uri} belongs to {current.owner()}, not to cluster {cluster}: left alone",
+            "two clusters' names collide (cluster ha with node 2-x and cluster ha-2 with node x): "
+            "rename a node or a cluster",
+        )
+    # By UUID from here: a domain undefined and re-made under the same name meanwhile is not ours.
     if current.running:
         try:
-            virsh(uri, "destroy", name)
+            virsh(uri, "destroy", current.uuid)
         except LibvirtError as exc:
             # It may have stopped between the two calls.
             if "not running" not in str(exc):
                 raise
     try:
-        virsh(uri, "undefine", "--nvram", name)
+        virsh(uri, "undefine", "--nvram", current.uuid)
     except NotFoundError:
         pass
+    return True
 
 
 def cluster_domains(uri: str, cluster: str) -> list[str]:
@@ -172,7 +176,7 @@ def cluster_domains(uri: str, cluster: str) -> list[str]:
         if not name.startswith(f"{cluster}-"):
             continue
         current = domain_state(uri, name)
-        if current is not None and current.inputs is not None and current.inputs.cluster == cluster:
+        if current is not None and current.owned_by(cluster):
             found.append(name)
     return found
 
@@ -193,3 +197,19 @@ def fwcfg_file(xml: str) -> str | None:
 def disk_file(xml: str) -> str | None:
     source = ET.fromstring(xml).find("devices/disk[@device='disk']/source")
     return None if source is None else source.get("file")
+
+
+def console_log_file(xml: str) -> str | None:
+    """Where the domain's first serial console is also written (virtlogd), if anywhere."""
+    log = ET.fromstring(xml).find("devices/serial/log")
+    return None if log is None else log.get("file")
+
+
+def interface_network(xml: str) -> tuple[str, str] | None:
+    """(libvirt network, MAC) of the domain's first network interface; None without one."""
+    iface = ET.fromstring(xml).find("devices/interface[@type='network']")
+    if iface is None:
+        return None
+    source, mac = iface.find("source"), iface.find("mac")
+    return (source.get("network", "") if source is not None else "",
+            (mac.get("address", "") if mac is not None else "").lower())

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 from tasks.config import DNS_LABEL, Cluster
 from tasks.errors import PipelineError
-from tasks.libvirt.domain import VmInputs
+from tasks.libvirt.domain import Placement, VmInputs, interface_network
+from tasks.libvirt.network import Neighbour
 from tasks.libvirt.virsh import NotFoundError, virsh
 from tasks.plan.hosts import hosts
 
-# A node's disk or Ignition copy in the cluster's pool: <node>.<disk_key>.qcow2|ign (tasks/plan/hosts.py).
-# The base image (flatcar-base-<sha>.qcow2[.complete]) never has this shape.
-NODE_VOLUME = re.compile(rf"(?P<node>{DNS_LABEL})\.[0-9a-f]{{12}}\.(?:qcow2|ign)")
+# A node's disk or Ignition copy in the cluster's pool: <node>.<disk_key>.qcow2|ign (tasks/plan/hosts.py),
+# or its boot log <node>.console.log[.N] (tasks/libvirt/storage.py). The base image
+# (flatcar-base-<sha>.qcow2[.complete]) and the pool marker never have this shape.
+NODE_VOLUME = re.compile(rf"(?P<node>{DNS_LABEL})\.(?:[0-9a-f]{{12}}\.(?:qcow2|ign)|console\.log(?:\.\d+)?)")
 
 
 # The VM stage's <description>: "flatcar-ha cluster NAME: ROLE NODE (IP)".
@@ -36,6 +38,7 @@ class Domain:
     inputs: VmInputs
     role: str = "?"
     ip: str = "?"
+    uuid: str = ""  # what changes to the domain are addressed to: a name may be re-used meanwhile
 
     @property
     def node(self) -> str:
@@ -109,6 +112,12 @@ def _description_fields(xml: str) -> tuple[str, str]:
     return (found["role"], found["ip"]) if found else ("?", "?")
 
 
+def _uuid(xml: str) -> str:
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(xml).findtext("uuid") or ""
+
+
 def scan_host(uri: str, cluster_name: str) -> HostScan:
     """Every domain on uri whose name starts with `<cluster>-`, sorted by ownership (metadata)."""
     out = virsh(uri, "list", "--all", "--name", quiet=True)
@@ -127,10 +136,36 @@ def scan_host(uri: str, cluster_name: str) -> HostScan:
             foreign.add(name)
             continue
         role, ip = _description_fields(xml)
-        ours[name] = Domain(uri, name, state, inputs, role, ip)
+        ours[name] = Domain(uri, name, state, inputs, role, ip, _uuid(xml))
     return HostScan(uri, ours, frozenset(foreign))
 
 
 def orphans(scan: HostScan, configured_here: frozenset[str]) -> list[Domain]:
     """This cluster's domains on the scanned host for nodes the config does not place there."""
     return [d for d in scan.ours.values() if d.node not in configured_here]
+
+
+def neighbours(uri: str, cluster_name: str) -> list[Neighbour]:
+    """The VMs of every other flatcar-ha cluster on uri, with their place on the network.
+
+    VMs made before placements were recorded give their address from the description and no
+    VIP or router id.
+    """
+    out = virsh(uri, "list", "--all", "--name", quiet=True)
+    found: list[Neighbour] = []
+    for name in sorted(line.strip() for line in out.splitlines() if line.strip()):
+        try:
+            xml = virsh(uri, "dumpxml", "--inactive", name, quiet=True)
+        except NotFoundError:
+            continue
+        inputs = VmInputs.from_domain_xml(xml)
+        if inputs is None or inputs.cluster == cluster_name:
+            continue
+        iface = interface_network(xml)
+        if iface is None:
+            continue  # no network: shares nothing
+        placed = Placement.from_domain_xml(xml)
+        ip = placed.ip if placed else _description_fields(xml)[1]
+        found.append(Neighbour(inputs.cluster, inputs.node, name, iface[0], ip, iface[1],
+                               placed.vip if placed else "", placed.router_id if placed else None))
+    return found

@@ -11,12 +11,14 @@ from pathlib import Path
 from tasks.config import Node
 from tasks.errors import LibvirtError
 from tasks.libvirt.domain import VmInputs, domain_state
-from tasks.libvirt.preflight import PER_NODE_BYTES, check_space
+from tasks.libvirt.preflight import PER_NODE_BYTES, check_space, domain_names
 from tasks.libvirt.storage import (
     base_is_uploaded,
     base_volume_name,
+    console_volumes,
     create_overlay,
     delete_volume,
+    owned_pool,
     pool_target,
     volume_exists,
     volume_names,
@@ -28,9 +30,14 @@ GIB = 1 << 30
 
 
 def check_host_space(host: Host, image: Path, sha256: str) -> None:
-    """Room for the base image (unless uploaded already) and every node's first boot."""
+    """Room for the base image (unless uploaded already) and the first boot of every node
+    that has no VM yet."""
     uploaded = pool_target(host.uri, host.pool) is not None and base_is_uploaded(host.uri, host.pool, sha256)
-    need = (0 if uploaded else image.stat().st_size) + PER_NODE_BYTES * len(host.nodes)
+    defined = domain_names(host.uri)
+    new = [n for n in host.nodes if n.vm_name not in defined]
+    need = (0 if uploaded else image.stat().st_size) + PER_NODE_BYTES * len(new)
+    if not need:
+        return
     check_space(host.uri, host.local, host.pool, host.pool_path, need, uploaded)
 
 
@@ -44,10 +51,10 @@ def check_not_changed(node: Node, inputs: VmInputs, recreate: bool) -> bool:
         return False
     if current.inputs is None or current.inputs.cluster != inputs.cluster:
         raise LibvirtError(
-            f"a domain named {node.vm_name} exists on {node.vm.libvirt_uri} but was not created by "
-            f"flatcar-ha for cluster {inputs.cluster}",
-            f"remove or rename it (virsh -c {node.vm.libvirt_uri} undefine {node.vm_name}), "
-            "or rename the cluster",
+            f"a domain named {node.vm_name} exists on {node.vm.libvirt_uri} but belongs to {current.owner()}, "
+            f"not to cluster {inputs.cluster}",
+            "rename this node or this cluster (another cluster's VM has this name)" if current.inputs else
+            f"remove or rename it (virsh -c {node.vm.libvirt_uri} undefine {node.vm_name}), or rename the cluster",
         )
     changes = inputs.changes_from(current.inputs)
     if not changes:
@@ -73,8 +80,14 @@ def ensure_overlay(host: Host, node: Node, inputs: VmInputs, image_sha256: str) 
     return volume_path(host.uri, host.pool, name)
 
 
-def delete_node_volumes(host: Host, node: str, keep: frozenset[str] = frozenset()) -> None:
-    """Delete the node's disks and Ignition copies in the pool, except those named in keep."""
-    for volume in volume_names(host.uri, host.pool):
-        if is_node_volume(node, volume) and volume not in keep:
+def delete_node_volumes(host: Host, cluster: str, node: str, keep: frozenset[str] = frozenset(),
+                        logs: bool = False) -> None:
+    """Delete the node's disks and Ignition copies in this cluster's pool (its boot logs too when
+    logs), except those named in keep; nothing when the pool is missing or not this cluster's."""
+    if owned_pool(host.uri, host.pool, cluster) is None:
+        return
+    names = volume_names(host.uri, host.pool)
+    doomed = [v for v in names if is_node_volume(node, v)] + (console_volumes(names, node) if logs else [])
+    for volume in doomed:
+        if volume not in keep:
             delete_volume(host.uri, host.pool, volume)

@@ -17,7 +17,7 @@ QUERY_TIMEOUT = 300.0
 # virsh's wording when the object asked for does not exist (libvirt 9: "failed to get domain 'x'",
 # older: "Domain not found"); everything else is a real failure.
 NOT_FOUND = re.compile(
-    r"failed to get (domain|pool|vol)|(Domain|Storage pool|Storage volume) not found|no storage vol",
+    r"failed to get (domain|pool|vol|network)|(Domain|Storage pool|Storage volume|Network) not found|no storage vol",
     re.IGNORECASE,
 )
 
@@ -62,13 +62,30 @@ def exists(uri: str, *args: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What `virsh capabilities` tells about a hypervisor."""
+
+    kvm: bool  # KVM usable for x86_64 guests
+    qemu_uid: int | None  # QEMU's DAC user and group
+    qemu_gid: int | None
+    # The hypervisor is itself a virtual machine (its CPU has the `hypervisor` flag): nested KVM.
+    nested: bool
+
+
+@dataclass(frozen=True)
 class HostInfo:
     """What a hypervisor offers, read from its capabilities and version."""
 
-    kvm: bool
-    qemu_uid: int | None
-    qemu_gid: int | None
+    caps: Capabilities
     daemon_version: tuple[int, int, int]
+
+    @property
+    def kvm(self) -> bool:
+        return self.caps.kvm
+
+    @property
+    def qemu_gid(self) -> int | None:
+        return self.caps.qemu_gid
 
     @property
     def fwcfg_sysinfo(self) -> bool:
@@ -79,8 +96,7 @@ class HostInfo:
         return "kvm" if self.kvm else "qemu"
 
 
-def parse_capabilities(xml: str, arch: str = "x86_64") -> tuple[bool, int | None, int | None]:
-    """(KVM usable for arch, QEMU's DAC uid, gid) from `virsh capabilities` XML."""
+def parse_capabilities(xml: str, arch: str = "x86_64") -> Capabilities:
     root = ET.fromstring(xml)
     kvm = any(
         d.get("type") == "kvm"
@@ -95,7 +111,8 @@ def parse_capabilities(xml: str, arch: str = "x86_64") -> tuple[bool, int | None
             match = re.fullmatch(r"\+?(\d+):\+?(\d+)", label.text.strip())
             if match:
                 uid, gid = int(match[1]), int(match[2])
-    return kvm, uid, gid
+    nested = any(f.get("name") == "hypervisor" for f in root.iterfind("host/cpu/feature"))
+    return Capabilities(kvm, uid, gid, nested)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -114,5 +131,4 @@ def host_info(uri: str) -> HostInfo:
     except ToolError as exc:
         raise LibvirtError(str(exc)) from None
     daemon = [line for line in version.splitlines() if "daemon" in line.lower()]
-    kvm, uid, gid = parse_capabilities(caps)
-    return HostInfo(kvm, uid, gid, parse_version(daemon[-1] if daemon else version))
+    return HostInfo(parse_capabilities(caps), parse_version(daemon[-1] if daemon else version))

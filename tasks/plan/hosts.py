@@ -3,15 +3,17 @@ message when a node changed."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from tasks.config import Cluster, Node, fingerprint
 from tasks.errors import LibvirtError, PipelineError
 from tasks.fsutil import sha256_file
-from tasks.libvirt.domain import VmInputs
+from tasks.libvirt.domain import Placement, VmInputs
 from tasks.libvirt.storage import pool_name, pool_path
 from tasks.paths import Build
+from tasks.plan.layers import virtual_router_id
 
 
 def host_key(uri: str) -> str:
@@ -47,8 +49,16 @@ def hosts(c: Cluster) -> list[Host]:
 
 
 def spec_fingerprint(node: Node) -> str:
-    """The config a node's VM is defined from (everything but Ignition and image)."""
-    return fingerprint(node.vm, node.mac, node.vm_name)
+    """The config a node's VM is defined from (everything but Ignition and image).
+
+    Autostart is left out: it is switched on the existing domain, no re-creation needed.
+    """
+    return fingerprint(dataclasses.replace(node.vm, autostart=True), node.mac, node.vm_name)
+
+
+def placement(c: Cluster, node: Node) -> Placement:
+    """What the node's VM records about its place on the network (for other clusters' preflight)."""
+    return Placement(node.vm.libvirt_network, str(node.ip), str(c.network.vip), virtual_router_id(c.name))
 
 
 def node_inputs(c: Cluster, paths: Build, node: Node, image_sha256: str) -> VmInputs:

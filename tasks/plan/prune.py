@@ -17,8 +17,9 @@ from tasks.config import DNS_LABEL, Cluster
 from tasks.libvirt.domain import remove_domain
 from tasks.libvirt.inventory import NODE_VOLUME, Domain, hypervisors, orphans, scan_host
 from tasks.libvirt.storage import (
-    activate_pool,
+    ForeignPoolError,
     delete_volume,
+    owned_pool,
     pool_name,
     pool_running,
     pool_target,
@@ -65,12 +66,15 @@ def host_leftovers(c: Cluster, uri: str, configured_here: frozenset[str], activa
         # No configured node uses this hypervisor any more: its whole pool (base image too) goes.
         plan.leftovers.append(Leftover(POOL, "", uri, pool, "every volume in it, its folder and definition"))
         return plan
-    if not pool_running(uri, pool):
-        if not activate:
-            plan.notes.append(f"storage pool {pool} on {uri} is not active, so its volumes were not listed; "
-                              "`prune --yes` starts it and removes the leftovers in it")
-            return plan
-        activate_pool(uri, pool)
+    if not pool_running(uri, pool) and not activate:
+        plan.notes.append(f"storage pool {pool} on {uri} is not active, so its volumes were not listed; "
+                          "`prune --yes` starts it and removes the leftovers in it")
+        return plan
+    try:
+        owned_pool(uri, pool, c.name)  # activates it
+    except ForeignPoolError as exc:
+        plan.notes.append(f"{exc.message}; its volumes were not listed")
+        return plan
     for volume in volume_names(uri, pool):
         found = NODE_VOLUME.fullmatch(volume)
         if found and found["node"] not in configured_here:
@@ -170,18 +174,23 @@ def describe_plan(c: Cluster, plan: Plan) -> list[str]:
     return lines + plan.notes
 
 
-def remove_leftovers(plan: Plan, removed_file: Callable[[Path], None] = lambda _: None) -> int:
+def remove_leftovers(c: Cluster, plan: Plan, removed_file: Callable[[Path], None] = lambda _: None) -> int:
     """Remove the plan's items (VMs first, their disks next, files last); return how many.
 
+    Each removal checks ownership again (domain metadata, pool marker): the plan may be stale.
     removed_file is told each file removed (to forget its write record)."""
     order = {VM: 0, POOL: 1, VOLUME: 1, FILE: 2}
+    checked: set[tuple[str, str]] = set()
     for item in sorted(plan.leftovers, key=lambda i: order[i.kind]):
         if item.kind == VM:
-            remove_domain(item.where, item.name)
+            remove_domain(item.where, item.name, c.name)
         elif item.kind == POOL:
-            remove_pool(item.where, item.name)
+            remove_pool(item.where, item.name, c.name)
         elif item.kind == VOLUME:
             pool, volume = item.name.split("/", 1)
+            if (item.where, pool) not in checked:
+                owned_pool(item.where, pool, c.name)
+                checked.add((item.where, pool))
             delete_volume(item.where, pool, volume)
         else:
             Path(item.name).unlink(missing_ok=True)

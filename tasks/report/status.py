@@ -1,8 +1,10 @@
 """`doit status`'s table: the cluster's nodes as they really are, not as doit remembers them.
 
 Per node: the VM's state from libvirt, its address, its hypervisor, whether the VM was made from
-the node's current Ignition (the sha256 the VM stage records in the domain's metadata), and its
-Kubernetes Ready condition when the API answers. The API is asked once, briefly, through the VIP
+the node's current Ignition (the sha256 the VM stage records in the domain's metadata), its
+Kubernetes Ready condition when the API answers, and the last meaningful line of its boot log
+(tasks/report/bootlog.py), with a failed Ignition, an emergency shell or a stalled boot flagged
+above the table. The API is asked once, briefly, through the VIP
 and verified against the cluster CA exactly as `doit wait` does. VMs of this cluster that no
 configured node owns (a node removed from config.yaml) are listed below the table. Only reads:
 nothing is started, built or removed, and an unreachable hypervisor is a row, not a failure.
@@ -20,6 +22,7 @@ from tasks.errors import PipelineError
 from tasks.fsutil import sha256_file
 from tasks.libvirt.inventory import Domain, HostScan, hypervisors, orphans, scan_host
 from tasks.paths import Build
+from tasks.report.bootlog import BootSummary
 from tasks.report.table import format_table
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ class NodeStatus:
     vm_state: str  # libvirt's domstate text, or MISSING / FOREIGN / UNREACHABLE
     ignition: str  # CURRENT / CHANGED / NOT_BUILT, "-" when there is no VM to compare
     kubernetes: str
+    boot: BootSummary | None = None  # None: no VM or no boot log to read
 
 
 @dataclass(frozen=True)
@@ -85,11 +89,43 @@ def node_kubernetes(node: Node, api: ApiStatus) -> str:
     return api.seen.not_ready.get(node.name, "Ready")
 
 
+# Enough of a boot log to find the current boot's start and its last lines.
+BOOT_TAIL_BYTES = 256 * 1024
+
+
+def boot_summaries(uri: str, pool: str, domains: Sequence[Domain]) -> dict[str, BootSummary]:
+    """Each domain's boot summary from the tail of its node's boot log (when it has one)."""
+    import time
+
+    from tasks.libvirt.console import clean_text, log_file, read_tail
+    from tasks.libvirt.storage import console_volumes, volume_names
+    from tasks.report.bootlog import summarize
+
+    try:
+        names = volume_names(uri, pool)
+    except PipelineError:
+        return {}
+    found: dict[str, BootSummary] = {}
+    for d in domains:
+        try:
+            files = [f for v in console_volumes(names, d.node)[-2:] if (f := log_file(uri, pool, v)) is not None]
+            if not files:
+                continue
+            lines = clean_text(read_tail(uri, pool, files, BOOT_TAIL_BYTES)).split("\n")
+        except PipelineError:
+            continue
+        found[d.node] = summarize(lines, d.state == "running", time.time() - files[-1].mtime)
+    return found
+
+
 def collect(c: Cluster, paths: Build, api: ApiStatus, extra_uris: Sequence[str] = ()
             ) -> tuple[list[NodeStatus], list[Domain], list[str]]:
     """(one status per configured node, orphan VMs, unreachable hypervisors with the reason)."""
+    from tasks.libvirt.storage import pool_name
+
     down: dict[str, str] = {}
     scans: dict[str, HostScan] = {}
+    boots: dict[str, dict[str, BootSummary]] = {}
     left: list[Domain] = []
     for hv in hypervisors(c, extra_uris, down):
         try:
@@ -98,6 +134,8 @@ def collect(c: Cluster, paths: Build, api: ApiStatus, extra_uris: Sequence[str] 
             down.update({uri: str(exc).splitlines()[0] for uri in hv.uris})
             continue
         scans.update({uri: scan for uri in hv.uris})
+        summaries = boot_summaries(hv.uri, pool_name(c.name), [d for d in scan.ours.values() if d.node in hv.nodes])
+        boots.update({uri: summaries for uri in hv.uris})
         left += orphans(scan, hv.nodes)
     rows: list[NodeStatus] = []
     for node in c.nodes:
@@ -110,8 +148,9 @@ def collect(c: Cluster, paths: Build, api: ApiStatus, extra_uris: Sequence[str] 
         else:
             domain = found.ours.get(node.vm_name)
             state = MISSING if domain is None else domain.state
-        rows.append(NodeStatus(node, node is c.init_node, state,
-                               ignition_state(paths.ign_file(node.name), domain), node_kubernetes(node, api)))
+        boot = boots.get(node.vm.libvirt_uri, {}).get(node.name) if domain is not None else None
+        rows.append(NodeStatus(node, node is c.init_node, state, ignition_state(paths.ign_file(node.name), domain),
+                               node_kubernetes(node, api), boot))
     return rows, left, [f"{uri}: {why}" for uri, why in down.items()]
 
 
@@ -131,21 +170,38 @@ def hints(rows: list[NodeStatus], left: list[Domain]) -> list[str]:
             out.append(f"{name}: VM stopped: doit vm:{name} starts it")
         if r.ignition == CHANGED:
             out.append(f"{name}: its Ignition changed since the VM was made: doit recreate={name} vm:{name}")
+        if r.boot is not None and r.boot.flagged:
+            out.append(f"{name}: boot {r.boot.verdict.lower().rstrip('?')}: read doit logs node={name}; once the "
+                       f"cause is fixed (config, then doit new_cluster), doit recreate={name} vm:{name}")
     if left:
         out.append("VMs of nodes no longer in the config: see `doit prune`, remove with `doit prune --yes`")
     return out
 
 
+BOOT_WIDTH = 60
+
+
+def boot_cell(boot: BootSummary | None) -> str:
+    if boot is None:
+        return "-"
+    text = f"{boot.verdict}: {boot.line}" if boot.flagged else boot.line or "(no output yet)"
+    return text if len(text) <= BOOT_WIDTH else text[:BOOT_WIDTH - 3] + "..."
+
+
 def format_status(c: Cluster, api: ApiStatus, rows: list[NodeStatus], left: list[Domain],
                   down: list[str], certs: str = "") -> str:
-    table = [["NODE", "ROLE", "VM", "STATE", "IP", "MAC", "LIBVIRT", "IGNITION", "KUBERNETES"]]
+    table = [["NODE", "ROLE", "VM", "STATE", "IP", "MAC", "LIBVIRT", "IGNITION", "KUBERNETES", "BOOT"]]
     for r in rows:
         n = r.node
         role = n.role + (" (init)" if r.init else "")
         table.append([n.name, role, n.vm_name, r.vm_state, str(n.ip), n.mac, n.vm.libvirt_uri,
-                      r.ignition, r.kubernetes])
-    lines = [f"cluster {c.name}  (config {c.source})", f"API {api.text}", *([certs] if certs else []), "",
-             format_table(table)]
+                      r.ignition, r.kubernetes, boot_cell(r.boot)])
+    lines = [f"cluster {c.name}  (config {c.source})", f"API {api.text}", *([certs] if certs else [])]
+    flagged = [r for r in rows if r.boot is not None and r.boot.flagged]
+    if flagged:
+        lines += ["", f"!!! BOOT PROBLEMS on {len(flagged)} node(s) (doit logs node=<name> shows the console):"]
+        lines += [f"!!! {r.node.name}: {r.boot.verdict}: {r.boot.line}" for r in flagged if r.boot is not None]
+    lines += ["", format_table(table)]
     if left:
         lines += ["", "not in config:"]
         lines += [f"  {d.name} on {d.uri}: {d.state} ({d.role} {d.node}, {d.ip})" for d in left]

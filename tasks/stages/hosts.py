@@ -18,7 +18,7 @@ def run_preflight(ctx: Context, key: str) -> None:
     from tasks.libvirt.preflight import check_host
 
     host = ctx.host_by_key(key)
-    check_host(host.uri, list(host.nodes), host.local)
+    check_host(ctx.cluster, host)
     try:
         image = ctx.image
     except PipelineError:
@@ -35,7 +35,7 @@ def prepare_host(ctx: Context, key: str) -> None:
     host = ctx.host_by_key(key)
     image = ctx.image
     check_host_space(host, image.path, image.sha256)
-    ensure_pool(host.uri, host.pool, host.pool_path)
+    ensure_pool(host.uri, host.pool, host.pool_path, ctx.cluster.name)
     ensure_base(host.uri, host.pool, image.path, image.sha256)
     base_size = volume_capacity(host.uri, host.pool, base_volume_name(image.sha256))
     for node in host.nodes:
@@ -60,7 +60,7 @@ def host_is_prepared(key: str) -> bool:
 
 
 def task_preflight() -> Iterator[dict[str, Any]]:
-    """Check each hypervisor: tools, connection, network, KVM, free space."""
+    """Check each hypervisor: tools, connection, network vs. addresses, KVM, memory, disk space."""
     for host in context().hosts.values():
         yield {
             "name": host.key,

@@ -36,7 +36,7 @@ def prune(ctx: Context, yes: bool, uri: list[str], force_etcd: bool) -> None:
         print(f"nothing removed: to remove the above run  doit config={config_path()} prune --yes{extra}")
         return
     retired = set() if force_etcd else retire_control_planes(ctx, plan.gone, uri)
-    print(f"removed {remove_leftovers(plan, ctx.written.forget)} item(s)")
+    print(f"removed {remove_leftovers(c, plan, ctx.written.forget)} item(s)")
     ctx.written.flush()
     for line in after_removal(plan, paths.admin_conf, retired):
         print(line)

@@ -30,7 +30,7 @@ def certs_line(ctx: Context) -> str:
 
 
 def task_status() -> dict[str, Any]:
-    """Show each node's VM state, Ignition freshness and Kubernetes readiness (reads only)."""
+    """Show each node's VM state, Ignition freshness, Kubernetes readiness and last boot line (reads only)."""
     return {
         "actions": [show_status],
         "params": [

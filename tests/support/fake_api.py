@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class FakeApi:
     nodes: list[dict[str, Any]]
     url: str = ""
     readyz_calls: int = 0
+    ready_since: float | None = None  # time.time() of the first 200 from /readyz
     client_orgs: list[str] = field(default_factory=list)
 
 
@@ -69,6 +71,7 @@ def make_handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
                 if api.ready_after is None or api.readyz_calls <= api.ready_after:
                     self.reply(503, b"[+]ping ok\n[-]etcd failed: reason withheld\nreadyz check failed\n")
                 else:
+                    api.ready_since = api.ready_since or time.time()
                     self.reply(200, b"ok")
             elif self.path == "/api/v1/nodes":
                 body = json.dumps({"kind": "NodeList", "apiVersion": "v1", "items": api.nodes}).encode()
