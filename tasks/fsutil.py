@@ -9,8 +9,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
+PUBLIC_DIR = 0o755
 PRIVATE_FILE = 0o600
 PUBLIC_FILE = 0o644
+
+
+def make_dirs(path: Path, mode: int) -> Path:
+    """Create path and its missing parents with exactly `mode` (whatever the umask); tighten or
+    re-assert path's own mode if it exists. Parents that already exist are left alone."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            continue  # made at the same time by a concurrent run: its mode is asserted below
+        os.chmod(folder, mode)
+    os.chmod(path, mode)
+    return path
 
 
 def ensure_private_dir(path: Path) -> Path:
