@@ -110,6 +110,15 @@ def cache_entry(cache_dir: Path, text: str) -> Path:
     return cache_dir / (hashlib.sha256(text.encode()).hexdigest() + ".json")
 
 
+# Parses made in this process, by text: remembering a valid config later needs no second parse.
+_PARSED: dict[str, Located] = {}
+
+
+def parsed_here(text: str) -> Located | None:
+    """The parse of text made (not read from the cache) earlier in this process, if any."""
+    return _PARSED.get(text)
+
+
 def load_located(text: str, cache_dir: Path | None = None) -> tuple[Located, list[Problem]]:
     """parse_located, or its result remembered in cache_dir by the text's digest.
 
@@ -124,7 +133,10 @@ def load_located(text: str, cache_dir: Path | None = None) -> tuple[Located, lis
         return Located(cached["data"], cached["lines"]), []
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return parse_located(text)
+    located, problems = parse_located(text)
+    if not problems:
+        _PARSED[text] = located
+    return located, problems
 
 
 def remember(cache_dir: Path, text: str, located: Located) -> None:

@@ -167,7 +167,9 @@ def state_file() -> str:
 @functools.cache
 def _remember_config() -> None:
     """Keep the valid config's parse for the next runs (speed); only once a task really runs."""
-    load_config(config_path(), remember_valid=True)
+    from tasks.config.load import remember_config
+
+    remember_config(config_path())
 
 
 def action(fn: Callable[Concatenate[Context, P], Any]) -> Callable[P, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.errors import PipelineError
 from tasks.stages.base import Context, action, context, recreate_requested
+from tasks.stages.creators import inputs_changed
 
 
 @action
@@ -40,8 +41,6 @@ def overlay_is_present(node_name: str) -> bool:
 
 def task_overlay() -> Iterator[dict[str, Any]]:
     """Create each node's qcow2 overlay on the base image, tied to the node's Ignition."""
-    from doit.tools import config_changed
-
     ctx = context()
     manifest = str(ctx.paths.image_manifest)
     for node in ctx.cluster.nodes:
@@ -52,5 +51,5 @@ def task_overlay() -> Iterator[dict[str, Any]]:
             "actions": [(prepare_overlay, [node.name])],
             "file_dep": [manifest, str(ctx.paths.ign_file(node.name))],
             "task_dep": [f"pool:{host.key}"],
-            "uptodate": [config_changed(fingerprint(node.vm)), (overlay_is_present, [node.name], {})],
+            "uptodate": [inputs_changed(fingerprint(node.vm)), (overlay_is_present, [node.name], {})],
         }

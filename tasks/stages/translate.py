@@ -13,6 +13,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.plan.translation import Unit
 from tasks.stages.base import Context, action, context
+from tasks.stages.creators import inputs_changed
 
 
 @functools.cache
@@ -48,8 +49,6 @@ def translate_unit(ctx: Context, name: str) -> None:
 
 def task_translate() -> Iterator[dict[str, Any]]:
     """Translate each Butane file to Ignition (deps: the files it merges and embeds)."""
-    from doit.tools import config_changed
-
     from tasks.plan.translation import backend_settings, translator_digest
 
     ctx = context()
@@ -62,6 +61,6 @@ def task_translate() -> Iterator[dict[str, Any]]:
             "actions": [(translate_unit, [unit.name])],
             "file_dep": [str(paths.butane_file(unit.name)), *(str(unit.files_dir / r) for r in unit.refs)],
             "targets": [str(paths.ign_file(unit.name))],
-            "uptodate": [config_changed(backend)],
+            "uptodate": [inputs_changed(backend)],
             "clean": True,
         }

@@ -15,6 +15,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.errors import PipelineError
 from tasks.stages.base import Context, action, context, recreate_requested
+from tasks.stages.creators import delayed, inputs_changed
 
 
 @action
@@ -112,10 +113,9 @@ def remove_cluster(ctx: Context) -> None:
         remove_pool(host.uri, host.pool)
 
 
+@delayed
 def task_vm() -> Iterator[dict[str, Any]]:
     """Create and start each node's VM with its Ignition (doit recreate=<node> to replace one)."""
-    from doit.tools import config_changed
-
     ctx = context()
     manifest = str(ctx.paths.image_manifest)
     for node in ctx.cluster.nodes:
@@ -125,10 +125,11 @@ def task_vm() -> Iterator[dict[str, Any]]:
             "actions": [(create_vm, [node.name])],
             "file_dep": [manifest, str(ctx.paths.ign_file(node.name))],
             "task_dep": ["lock", f"overlay:{node.name}"],
-            "uptodate": [config_changed(fingerprint(node)), (vm_is_current, [node.name], {})],
+            "uptodate": [inputs_changed(fingerprint(node)), (vm_is_current, [node.name], {})],
         }
 
 
+@delayed
 def task_rm_vm() -> Iterator[dict[str, Any]]:
     """Remove each node's VM, disk and Ignition copy (missing ones are fine)."""
     for node in context().cluster.nodes:
