@@ -17,4 +17,4 @@ def task_new_cluster() -> dict[str, Any]:
 def task_ha() -> dict[str, Any]:
     """Create every VM: lock + new_cluster + image + overlays + VMs."""
     # The lock first: a file the nodes would fail to download stops the run before any VM exists.
-    return {"actions": None, "task_dep": ["lock", "new_cluster", "image", "vm"]}
+    return {"actions": None, "task_dep": ["lock", "new_cluster", "image", "overlay", "vm"]}

@@ -17,6 +17,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.paths import Src
 from tasks.stages.base import Context, action, checked_when_run, context
+from tasks.stages.creators import delayed
 
 
 @action
@@ -52,6 +53,7 @@ def _context_digest(name: str) -> str:
     return fingerprint(out.template, out.context)
 
 
+@delayed
 def task_render() -> Iterator[dict[str, Any]]:
     """Render the Butane layers and one Butane file per node from config.yaml."""
     from tasks.plan.layers import extra_layers

@@ -13,7 +13,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.plan.translation import Unit
 from tasks.stages.base import Context, action, context
-from tasks.stages.creators import inputs_changed
+from tasks.stages.creators import delayed, inputs_changed
 
 
 @functools.cache
@@ -47,6 +47,7 @@ def translate_unit(ctx: Context, name: str) -> None:
     write_if_changed(paths.ign_file(name), data, PRIVATE_FILE if private else PUBLIC_FILE)
 
 
+@delayed
 def task_translate() -> Iterator[dict[str, Any]]:
     """Translate each Butane file to Ignition (deps: the files it merges and embeds)."""
     from tasks.plan.translation import backend_settings, translator_digest
@@ -61,6 +62,8 @@ def task_translate() -> Iterator[dict[str, Any]]:
             "actions": [(translate_unit, [unit.name])],
             "file_dep": [str(paths.butane_file(unit.name)), *(str(unit.files_dir / r) for r in unit.refs)],
             "targets": [str(paths.ign_file(unit.name))],
+            # Explicit: render's creator may not have run yet when this one does (both are delayed).
+            "task_dep": ["render"],
             "uptodate": [inputs_changed(backend)],
             "clean": True,
         }

@@ -124,7 +124,8 @@ def task_vm() -> Iterator[dict[str, Any]]:
             "doc": f"VM {node.vm_name} on {node.vm.libvirt_uri}",
             "actions": [(create_vm, [node.name])],
             "file_dep": [manifest, str(ctx.paths.ign_file(node.name))],
-            "task_dep": ["lock", f"overlay:{node.name}"],
+            # The VM makes its own overlay (create_vm); the pool holds the base image.
+            "task_dep": ["lock", f"pool:{ctx.host(node).key}", "translate"],
             "uptodate": [inputs_changed(fingerprint(node)), (vm_is_current, [node.name], {})],
         }
 
