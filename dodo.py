@@ -3,10 +3,10 @@
 Only the stages (tasks/stages/) are imported here; tasks/__init__.py maps the code.
 """
 
-from tasks.stages.replay import Recorder, replay
+from tasks.stages.replay import replay
 
-# A plain `doit [run] TASK...` that the last identical run proved has nothing to do ends here,
-# with doit's output, before the stages are imported (tasks/stages/replay.py).
+# A plain `doit [run] TASK...` or `doit list` that the last identical one proved would print the
+# same ends here, with doit's output, before the stages are imported (tasks/stages/replay.py).
 replay()
 
 from tasks.stages.base import state_file
@@ -21,7 +21,9 @@ from tasks.stages.lock import task_lock
 from tasks.stages.overlay import task_overlay
 from tasks.stages.pki import task_pki, task_rotate_pki
 from tasks.stages.prune import task_prune
+from tasks.stages.recorder import Recorder
 from tasks.stages.render import task_render
+from tasks.stages.replay import answer_list
 from tasks.stages.secrets import task_secrets
 from tasks.stages.show import task_show
 from tasks.stages.status import task_status
@@ -47,6 +49,9 @@ task_graph = graph_task(globals())
 
 # doit reads each creator's source to order them: hand it one-line stand-ins (tasks/stages/creators.py).
 lean_creators(globals())
+
+# `doit list`: doit's own listing, kept with a proof for the next identical command (then exits).
+answer_list(globals())
 
 __all__ = [
     "DOIT_CONFIG",

@@ -1,7 +1,7 @@
 """The house rules of tasks/, read from the code with `ast` (see tasks/__init__.py for the map):
 
 - stages (tasks/stages/) hold every doit task creator; a stage imports no other stage but the
-  shared ones (base, state, invocation, replay, creators);
+  shared ones (base, state, invocation, replay, recorder, creators);
 - libraries (everything else in tasks/) never import a stage or doit;
 - dodo.py imports stages only; nothing in tasks/ imports dodo or edits sys.path;
 - every program the code runs has an install hint, and no hint names a program it never runs;
@@ -26,7 +26,7 @@ from tasks.run import INSTALL_HINTS
 # replayed proofs and the creator helpers.
 SHARED_STAGE_MODULES = {
     "tasks.stages.base", "tasks.stages.state", "tasks.stages.invocation", "tasks.stages.replay",
-    "tasks.stages.creators",
+    "tasks.stages.recorder", "tasks.stages.creators",
 }
 MAX_LINES = 400
 

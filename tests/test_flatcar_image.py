@@ -14,13 +14,8 @@ from support.gpg_keys import Keys, agent_running, write_key
 from support.site import CHANNEL_ROOT, FAST, IMAGE, IMAGE_DATA, VERSION, Site, image_cluster
 from tasks.config import Cluster
 from tasks.errors import DownloadError, PipelineError, VerificationError
-from tasks.flatcar.cache import cached_image, gnupg_home, version_dir
-from tasks.flatcar.image import (
-    ensure_image,
-    image_manifest_path,
-    read_image_manifest,
-    resolved_version,
-)
+from tasks.flatcar.cache import cached_image, gnupg_home, resolved_version, version_dir
+from tasks.flatcar.image import ensure_image, image_manifest_path, read_image_manifest
 
 
 def signed_cluster(tmp_path: Path, site: Site, keys: Keys, signer: str | None = None, name: str = "t1",

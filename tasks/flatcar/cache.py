@@ -25,12 +25,13 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.config import Flatcar
+from tasks.config import Cluster, Flatcar
 from tasks.fsutil import PUBLIC_DIR, PUBLIC_FILE, atomic_write, make_dirs, sha256_file
 
 if TYPE_CHECKING:
@@ -38,6 +39,30 @@ if TYPE_CHECKING:
 
 IMAGE_NAME = "flatcar_production_qemu_image.img"
 CACHE_RECORD = "verified.json"
+# In build/<name>/: the release `current` resolved to for this cluster, once.
+VERSION_RECORD = "flatcar-version.json"
+VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
+
+
+def version_record_path(build_root: Path) -> Path:
+    return build_root / VERSION_RECORD
+
+
+def resolved_version(c: Cluster) -> str | None:
+    """The concrete Flatcar version of c without touching the network; None if not resolved yet."""
+    fc = c.flatcar
+    if fc.version != "current":
+        return fc.version
+    try:
+        data = json.loads(version_record_path(c.build_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if (data.get("channel"), data.get("base_url")) != (fc.channel, fc.channel_url):
+        return None
+    version = data.get("version")
+    return version if isinstance(version, str) and VERSION_RE.fullmatch(version) else None
 
 
 def gnupg_home(fc: Flatcar) -> Path:

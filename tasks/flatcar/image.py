@@ -27,6 +27,7 @@ from tasks.config import Cluster, Flatcar
 from tasks.errors import DownloadError, PipelineError, VerificationError
 from tasks.flatcar.cache import (
     IMAGE_NAME,
+    VERSION_RE,
     Proof,
     cached_image,
     content_verified,
@@ -34,8 +35,10 @@ from tasks.flatcar.cache import (
     locked,
     prepare_version_dir,
     read_record,
+    resolved_version,
     verified_in_cache,
     version_dir,
+    version_record_path,
     write_record,
 )
 from tasks.flatcar.download import DEFAULT_POLICY, DownloadPolicy, NotFoundError, download_file, fetch_bytes
@@ -53,12 +56,9 @@ if TYPE_CHECKING:
     import gnupg
 
 
-VERSION_RECORD = "flatcar-version.json"
 SIG_MAX_BYTES = 64 << 10
 KEY_MAX_BYTES = 1 << 20
 
-
-VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,6 @@ class ImageManifest:
 
 def image_manifest_path(build_root: Path) -> Path:
     return Build(build_root).image_manifest
-
-
-def version_record_path(build_root: Path) -> Path:
-    return build_root / VERSION_RECORD
 
 
 def image_url(fc: Flatcar, version: str) -> str:
@@ -103,23 +99,6 @@ def read_image_manifest(build_root: Path) -> ImageManifest:
             "or changed since): it is not used",
             "run `doit image`: it checks the file again and downloads the release if needed")
     return manifest
-
-
-def resolved_version(c: Cluster) -> str | None:
-    """The concrete Flatcar version of c without touching the network; None if not resolved yet."""
-    fc = c.flatcar
-    if fc.version != "current":
-        return fc.version
-    try:
-        data = json.loads(version_record_path(c.build_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    if (data.get("channel"), data.get("base_url")) != (fc.channel, fc.channel_url):
-        return None
-    version = data.get("version")
-    return version if isinstance(version, str) and VERSION_RE.fullmatch(version) else None
 
 
 def resolve_version(c: Cluster, policy: DownloadPolicy = DEFAULT_POLICY) -> str:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tasks.config import Cluster, Node, fingerprint
 from tasks.errors import LibvirtError, PipelineError
 from tasks.fsutil import sha256_file
-from tasks.libvirt.domain import VmInputs
-from tasks.libvirt.storage import pool_name, pool_path
 from tasks.paths import Build
+
+if TYPE_CHECKING:
+    # Imported where used: every command lists the hosts (the pool tasks), few talk to libvirt.
+    from tasks.libvirt.domain import VmInputs
 
 
 def host_key(uri: str) -> str:
@@ -37,6 +40,8 @@ class Host:
 
 def hosts(c: Cluster) -> list[Host]:
     """The cluster's hypervisors in config order, each with its nodes and storage pool."""
+    from tasks.libvirt.storage import pool_name, pool_path
+
     grouped: dict[str, list[Node]] = {}
     for node in c.nodes:
         grouped.setdefault(node.vm.libvirt_uri, []).append(node)
@@ -52,6 +57,8 @@ def spec_fingerprint(node: Node) -> str:
 
 
 def node_inputs(c: Cluster, paths: Build, node: Node, image_sha256: str) -> VmInputs:
+    from tasks.libvirt.domain import VmInputs
+
     ign = paths.ign_file(node.name)
     try:
         ign_sha = sha256_file(ign)

@@ -72,6 +72,34 @@ def plain_run(argv: list[str] | None = None) -> tuple[str, ...] | None:
     return tuple(tasks)
 
 
+# `doit list` options that only change how the listing looks (not --status: that reads doit's state).
+_LIST_FLAGS = frozenset({"--all", "-q", "--quiet", "--deps", "-p", "--private"})
+_LIST_VALUES = frozenset({"--sort", "--template"})
+
+
+def plain_list(argv: list[str] | None = None) -> bool:
+    """True for `doit [-f FILE] [NAME=VALUE ...] list [display options] [TASK ...]`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    words: list[str] = []
+    while args:
+        arg = args.pop(0)
+        if arg in ("-f", "--file") or (words and arg in _LIST_VALUES):
+            if not args:
+                return False
+            args.pop(0)
+        elif arg.startswith("--file=") or (words and (arg in _LIST_FLAGS or arg.split("=", 1)[0] in _LIST_VALUES)):
+            continue
+        elif arg.startswith("-"):
+            return False
+        elif "=" not in arg:
+            if not words and arg != "list":
+                return False
+            if words and not _is_task_name(arg):
+                return False
+            words.append(arg)
+    return bool(words)
+
+
 def _is_task_name(word: str) -> bool:
     # A task or a subtask (render:node1); a target path or a wildcard is doit's to resolve.
     return all(ch.isalnum() or ch in "_-:." for ch in word) and not word.startswith(":")

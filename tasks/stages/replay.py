@@ -1,22 +1,26 @@
-"""A run's proof that a command had nothing to do, replayed without loading a single task.
+"""A command's proof that doit would answer it as last time, replayed without loading a task.
 
 doit decides that a task is up to date from files and values: its file_dep (content), its
 targets (present), its config_changed values (computed from the config and our code) and a few
 checks of our own that only read files and the clock (admin.conf not yet due for renewal). When a
 plain `doit [run] TASK...` ends with every task up to date or successfully run, and no task asks
-anything else (libvirt, the network, "always run"), the Recorder below leaves a proof: the
+anything else (libvirt, the network, "always run"), the Recorder (recorder.py) leaves a proof: the
 identity (inode, size, mtime, ctime, mode) of every file those answers came from - the config,
 our code, doit's state file, each task's file_dep and targets and the folders holding them - the
-earliest time a check expires, and the lines doit printed.
+earliest time a check expires, and what doit printed. Tasks whose output only depends on the
+config and named files (`doit show`) are proven the same way, with their output.
+
+`doit list` (without --status) is a function of the config, our code and the user layers the
+config names: `answer_list` runs doit's own list once and keeps its output with such a proof.
 
 The next identical command line, in the same folder, finding every one of those files with the
-same identity, would get the same answers from doit: `replay()` prints the same lines and exits
-from dodo.py before the stages are imported, the config parsed or a task built, so a no-op costs
-little more than `import doit`. Anything the proof does not cover goes to doit as usual: another
-command line, any edited, touched, chmodded, added or removed file, another state file, an expired
-check. Identity is strict on purpose (a touch with the same content costs one ordinary run).
+same identity, would get the same answers from doit: `replay()` prints what doit printed and exits
+from dodo.py before the stages are imported, the config parsed or a task built. Anything the proof
+does not cover goes to doit as usual: another command line, any edited, touched, chmodded, added
+or removed file, another state file, an expired check. Identity is strict on purpose (a touch with
+the same content costs one ordinary run).
 
-Proofs live in <repository>/cache/runs/ (0700), one per command line, the newest few kept.
+Proofs live in <repository>/cache/runs/ (0700, files 0600), one per command line, the newest kept.
 """
 
 from __future__ import annotations
@@ -26,18 +30,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from doit.reporter import ConsoleReporter
-
 from tasks.paths import PROJECT_ROOT
-from tasks.stages.invocation import config_path, plain_run, user_cwd
+from tasks.stages.invocation import config_path, plain_list, plain_run, user_cwd
 
 RUNS = PROJECT_ROOT / "cache" / "runs"
-KEEP = 32
-FORMAT = 1
+KEEP = 64
+FORMAT = 2
 
 
 def identity(path: str) -> list[int] | None:
@@ -49,11 +51,20 @@ def identity(path: str) -> list[int] | None:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode]
 
 
-def _key(tasks: tuple[str, ...]) -> dict[str, Any]:
+def command_key() -> dict[str, Any] | None:
+    """What identifies this command line for a proof; None if no proof may answer it."""
+    if plain_list():
+        command: list[str] = ["list"]
+    else:
+        tasks = plain_run()
+        if not tasks:
+            return None
+        command = ["run", *tasks]
     import doit
 
-    return {"format": FORMAT, "argv": sys.argv[1:], "cwd": str(user_cwd()), "config": str(config_path()),
-            "python": [sys.executable, sys.version], "doit": str(doit.__version__), "tasks": list(tasks)}
+    return {"format": FORMAT, "command": command, "argv": sys.argv[1:], "cwd": str(user_cwd()),
+            "config": str(config_path()), "python": [sys.executable, sys.version],
+            "doit": str(doit.__version__)}
 
 
 def proof_path(key: dict[str, Any]) -> Path:
@@ -63,17 +74,15 @@ def proof_path(key: dict[str, Any]) -> Path:
 
 
 def replay() -> None:
-    """Exit with doit's own output if the last identical command proved there is nothing to do."""
-    tasks = plain_run()
-    if not tasks:
+    """Exit with doit's own output if the last identical command proved it would be the same."""
+    key = command_key()
+    if key is None:
         return
-    key = _key(tasks)
-    path = proof_path(key)
     try:
-        with open(path, "rb") as handle:
+        with open(proof_path(key), "rb") as handle:
             st = os.fstat(handle.fileno())
             # Only a proof this user wrote and nobody else can change is worth believing.
-            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
                 return
             proof = json.loads(handle.read())
     except (OSError, ValueError):
@@ -95,63 +104,15 @@ def replay() -> None:
             return
     sys.stdout.write(proof.get("out", ""))
     sys.stdout.flush()
-    raise SystemExit(0)
+    if proof.get("err"):
+        sys.stderr.write(proof["err"])
+        sys.stderr.flush()
+    raise SystemExit(int(proof.get("code", 0)))
 
 
-# --- uptodate checks of our own that a proof may cover ----------------------------------------------
+# --- writing proofs --------------------------------------------------------------------------------
 
-# The values each registered check last said "up to date" with, by task name.
-_LAST_VALUES: dict[str, dict[str, Any]] = {}
-
-Deadline = Callable[[dict[str, Any]], float]
-
-
-def replayable(deadline: Deadline) -> Callable[[Callable[[Any, dict[str, Any]], bool]],
-                                                Callable[[Any, dict[str, Any]], bool]]:
-    """Mark a doit uptodate callable `(task, values) -> bool` as one a proof may stand for.
-
-    It must read nothing but the task's file_dep and targets, the values doit saved for the task
-    and the clock; `deadline(values)` is the epoch second after which its answer may change.
-    """
-    def mark(check: Callable[[Any, dict[str, Any]], bool]) -> Callable[[Any, dict[str, Any]], bool]:
-        @functools.wraps(check)
-        def wrapper(task: Any, values: dict[str, Any]) -> bool:
-            result = check(task, values)
-            if result:
-                _LAST_VALUES[task.name] = dict(values)
-            return result
-
-        wrapper.replay_deadline = deadline  # type: ignore[attr-defined]
-        return wrapper
-
-    return mark
-
-
-def _deadline(task: Any, ran: bool) -> float | None:
-    """The time until which the task's uptodate checks keep answering "up to date" (None: never
-    provably), and inf when it has no time-dependent check."""
-    from doit.tools import config_changed
-
-    until = float("inf")
-    for check, args, kwargs in task.uptodate:
-        if check is True or check is None or isinstance(check, config_changed):
-            continue
-        deadline = getattr(check, "replay_deadline", None)
-        if deadline is None or args or kwargs:
-            return None
-        values = task.values if ran else _LAST_VALUES.get(task.name)
-        if values is None or not check(task, values):
-            return None
-        try:
-            until = min(until, float(deadline(values)))
-        except (KeyError, TypeError, ValueError):
-            return None
-    return until
-
-
-# --- recording -------------------------------------------------------------------------------------
-
-def _code_files() -> list[str]:
+def code_files() -> list[str]:
     """Our code and templates, dodo.py, and doit's optional config files in the user's folder."""
     files = [str(p) for folder in ("tasks", "butane") for p in sorted((PROJECT_ROOT / folder).rglob("*"))
              if p.is_file() and "__pycache__" not in p.parts]
@@ -159,97 +120,29 @@ def _code_files() -> list[str]:
     return [*files, str(PROJECT_ROOT / "dodo.py"), str(cwd / "doit.cfg"), str(cwd / "pyproject.toml")]
 
 
-class Recorder(ConsoleReporter):  # type: ignore[misc]
-    """doit's console reporter, which also writes the proof of a plain run that changed nothing
-    it cannot prove again (see the module docstring)."""
-
-    desc = "console output; a proven plain run is replayed next time"
-
-    def __init__(self, outstream: Any, options: dict[str, Any]) -> None:
-        super().__init__(outstream, options)
-        self._tasks = plain_run()
-        self._broken = not self._tasks
-        self._out: list[str] = []
-        self._seen: dict[str, list[int] | None] = {}
-        self._until = float("inf")
-
-    def _settle(self, task: Any, ran: bool) -> None:
-        if self._broken:
+def store(key: dict[str, Any], seen: dict[str, list[int] | None], extra: Iterable[str], *, out: str,
+          err: str = "", code: int = 0, until: float = float("inf")) -> None:
+    """Write the proof for key: `seen` holds identities observed while doit decided (each must
+    still hold, and their folders are added), `extra` names files whose identity is taken now."""
+    files = dict(seen)
+    for name, was in seen.items():
+        if identity(name) != was:
+            discard(key)  # something changed a file after doit looked at it: nothing proven
             return
-        if (task.setup_tasks or task.calc_dep or task.getargs or task.teardown
-                or (task.actions and not (task.file_dep or task.uptodate))):
-            self._broken = True
-            return
-        until = _deadline(task, ran)
-        if until is None:
-            self._broken = True
-            return
-        self._until = min(self._until, until)
-        for path in (*task.file_dep, *task.targets):
-            now = identity(path)
-            if self._seen.setdefault(path, now) != now:
-                self._broken = True  # two tasks saw the file differently: not a fixed point
-                return
-        if task.actions and not task.name.startswith("_"):
-            self._out.append(f"-- {task.title()}\n")
-
-    def add_success(self, task: Any) -> None:
-        super().add_success(task)
-        self._settle(task, ran=True)
-
-    def skip_uptodate(self, task: Any) -> None:
-        super().skip_uptodate(task)
-        self._settle(task, ran=False)
-
-    def skip_ignore(self, task: Any) -> None:
-        super().skip_ignore(task)
-        self._broken = True
-
-    def add_failure(self, task: Any, fail: Any) -> None:
-        super().add_failure(task, fail)
-        self._broken = True
-
-    def runtime_error(self, msg: str) -> None:
-        super().runtime_error(msg)
-        self._broken = True
-
-    def cleanup_error(self, exception: Any) -> None:
-        super().cleanup_error(exception)
-        self._broken = True
-
-    def complete_run(self) -> None:
-        super().complete_run()
-        if self._tasks:
-            key = _key(self._tasks)
-            try:
-                self._write(key)
-            except OSError:
-                pass  # a proof that cannot be written only costs speed
-            except Exception:  # pragma: no cover - never let the proof fail a good run
-                proof_path(key).unlink(missing_ok=True)
-
-    def _write(self, key: dict[str, Any]) -> None:
-        path = proof_path(key)
-        if self._broken or self.failures or self.runtime_errors:
-            path.unlink(missing_ok=True)
-            return
-        from tasks.stages.base import context
-
-        files: dict[str, list[int] | None] = {}
-        for name, seen in self._seen.items():
-            if identity(name) != seen:
-                path.unlink(missing_ok=True)
-                return
-            files[name] = seen
-        extra = [str(config_path()), str(context().paths.state_db), *_code_files()]
-        folders = {str(Path(p).parent) for p in (*files, *extra)}
-        for name in (*extra, *sorted(folders)):
-            files.setdefault(name, identity(name))
-        proof = {"key": key, "until": self._until, "out": "".join(self._out), "files": list(files.items())}
-        _store(path, json.dumps(proof, separators=(",", ":")))
+    # The folders of what tasks read and wrote: a chmod of build/<name>/ is a change too. (Not
+    # the config's folder: files come and go there, and a file that matters is listed itself.)
+    folders = sorted({str(Path(p).parent) for p in files})
+    for name in (str(config_path()), *extra, *code_files(), *folders):
+        files.setdefault(name, identity(name))
+    proof = {"key": key, "until": until, "out": out, "err": err, "code": code, "files": list(files.items())}
+    _write(proof_path(key), json.dumps(proof, separators=(",", ":")))
 
 
-def _store(path: Path, text: str) -> None:
+def discard(key: dict[str, Any]) -> None:
+    proof_path(key).unlink(missing_ok=True)
+
+
+def _write(path: Path, text: str) -> None:
     import tempfile
 
     from tasks.fsutil import PRIVATE_DIR, make_dirs
@@ -266,3 +159,70 @@ def _store(path: Path, text: str) -> None:
     old = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for stale in old[KEEP:]:
         stale.unlink(missing_ok=True)
+
+
+def answer_list(namespace: dict[str, Any]) -> None:
+    """For `doit list`: run doit's own list on dodo.py's tasks, keep its output with a proof,
+    print it and exit. Other command lines return at once."""
+    if not plain_list():
+        return
+    import contextlib
+    import io
+
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    from tasks.stages.base import context
+
+    key = command_key()
+    args, rest = [], sys.argv[1:]
+    while rest:  # the loader is given the namespace, not a file
+        arg = rest.pop(0)
+        if arg in ("-f", "--file"):
+            rest.pop(0)
+        elif not arg.startswith("--file="):
+            args.append(arg)
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        os.chdir(user_cwd())  # where doit read its config files from
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = DoitMain(ModuleTaskLoader(namespace)).run(args)
+    finally:
+        os.chdir(here)
+    if key is not None and code == 0:
+        layers = [str(p) for _, paths in context().cluster.butane.extra_layers for p in paths]
+        with contextlib.suppress(OSError):
+            store(key, {}, layers, out=out.getvalue(), err=err.getvalue())
+    sys.stdout.write(out.getvalue())
+    sys.stderr.write(err.getvalue())
+    raise SystemExit(code)
+
+
+# --- uptodate checks of our own that a proof may cover ----------------------------------------------
+
+# The values each registered check last said "up to date" with, by task name.
+LAST_VALUES: dict[str, dict[str, Any]] = {}
+
+Deadline = Callable[[dict[str, Any]], float]
+Check = Callable[[Any, dict[str, Any]], bool]
+
+
+def replayable(deadline: Deadline) -> Callable[[Check], Check]:
+    """Mark a doit uptodate callable `(task, values) -> bool` as one a proof may stand for.
+
+    It must read nothing but the task's file_dep and targets, the values doit saved for the task
+    and the clock; `deadline(values)` is the epoch second after which its answer may change.
+    """
+    def mark(check: Check) -> Check:
+        @functools.wraps(check)
+        def wrapper(task: Any, values: dict[str, Any]) -> bool:
+            result = check(task, values)
+            if result:
+                LAST_VALUES[task.name] = dict(values)
+            return result
+
+        wrapper.replay_deadline = deadline  # type: ignore[attr-defined]
+        return wrapper
+
+    return mark
