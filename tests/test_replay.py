@@ -127,3 +127,13 @@ def test_list_and_show_are_answered_until_the_config_changes(tmp_path: Path) -> 
     # --status reads doit's state: never answered from a proof.
     assert not doit(config, "list", "--status")[1]
     assert not doit(config, "list", "--status")[1]
+
+
+def test_a_task_that_always_runs_does_not_rewrite_the_state(tmp_path: Path) -> None:
+    """doit saves a tuple, JSON gives back a list: equal values must not count as a change."""
+    config, paths = built(tmp_path)
+    ok(run_doit(config, "show"))
+    before = paths.state_db.stat()
+    ok(run_doit(config, "-v", "2", "show"))  # another command line: doit runs it, no proof used
+    after = paths.state_db.stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)

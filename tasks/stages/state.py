@@ -59,6 +59,9 @@ class AtomicJsonDB:
 
     def set(self, task_id: str, dependency: str, value: Any) -> None:
         task = self._db.setdefault(task_id, {})
+        # As JSON will give it back (doit saves tuples): an unchanged value must compare equal, or
+        # every run that executes any task would rewrite the whole state.
+        value = _as_json(value)
         if task.get(dependency, self) != value:
             task[dependency] = value
             self._changed = True
@@ -76,3 +79,11 @@ class AtomicJsonDB:
     def remove_all(self) -> None:
         self._changed = self._changed or bool(self._db)
         self._db = {}
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    return value
