@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """flatcar-ha benchmarks: medians of repeated runs and ratios measured side by side.
 
-    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...] [--ha-baseline CHECKOUT]
+    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...] [--sizes 5 50 200 500]
+                                  [--ha-baseline CHECKOUT]
 
 Prints a markdown table and writes it, with a description of the machine, to
 bench/results.md (with --only, the sections not run keep their previous results there).
-Absolute times vary between machines; the ratios are what we track.
+Absolute times vary between machines; the ratios are what we track. Every row with a target
+says `holds` or `MISSED`; a scaling table gives cold, no-op and one-change runs of
+`doit new_cluster` per cluster size (500 nodes use a /23).
+
+A no-op is what a user sees when nothing changed: the run is answered from the last run's
+proof (tasks/stages/replay.py). "checked by doit" rows remove the proof first, so doit loads
+and checks every task (the first no-op after any change costs that).
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     facts: list[tuple[str, str, str]] = field(default_factory=list)  # (what, value, target/verdict)
     reports: list[tuple[str, str]] = field(default_factory=list)  # (title, text) of stand-alone benches
+    scaling: dict[int, dict[str, Row | None]] = field(default_factory=dict)  # nodes -> kind -> row
+    sizes: tuple[int, ...] = (5, 50, 200, 500)
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -90,27 +99,57 @@ def executed_tasks(doit_output: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^\.\s+(\S+)", doit_output, re.MULTILINE)]
 
 
+def node_addresses(count: int) -> tuple[int, list[str]]:
+    """(prefix, addresses) for count nodes around config.yaml's VIP 192.168.122.30: a /24 while
+    it fits (from .31 on), else a /23 (192.168.122.0-192.168.123.255)."""
+    import ipaddress
+
+    taken = {"192.168.122.1", "192.168.122.30"}
+    prefix = 24 if count <= 224 else 23
+    hosts = [str(h) for h in ipaddress.ip_network(f"192.168.122.0/{prefix}").hosts() if str(h) not in taken]
+    vip = ipaddress.IPv4Address("192.168.122.30")
+    after_vip = [h for h in hosts if ipaddress.IPv4Address(h) > vip]
+    ordered = after_vip + [h for h in hosts if h not in after_vip]
+    if count > len(ordered):
+        raise SystemExit(f"{count} nodes do not fit in a /23")
+    return prefix, ordered[:count]
+
+
 def write_config(path: Path, build_dir: Path, workers: int, control_planes: int = 3) -> None:
     data = yaml.safe_load((ROOT / "config.yaml").read_text())
-    nodes = [{"name": f"node{i + 1}-cp", "role": "control-plane", "ip": f"192.168.122.{31 + i}"}
+    prefix, addresses = node_addresses(control_planes + workers)
+    nodes = [{"name": f"node{i + 1}-cp", "role": "control-plane", "ip": addresses[i]}
              for i in range(control_planes)]
     nodes += [{"name": f"node{control_planes + i + 1}-worker", "role": "worker",
-               "ip": f"192.168.122.{31 + control_planes + i}"} for i in range(workers)]
+               "ip": addresses[control_planes + i]} for i in range(workers)]
     data["nodes"] = nodes
+    data["network"]["prefix"] = prefix
     data["build_dir"] = str(build_dir)
     # Exact releases build offline without a lock (config.yaml's minor needs `doit lock`).
     data["kubernetes"].update(version="v1.36.2", crio_version="v1.36.3")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def forget_proofs(config: Path) -> None:
+    """Remove the replay proofs of config's command lines: the next run is checked by doit."""
+    import json
+
+    for proof in (ROOT / "cache" / "runs").glob("*.json"):
+        try:
+            if json.loads(proof.read_text())["key"]["config"] == str(config):
+                proof.unlink()
+        except (OSError, ValueError, KeyError):
+            continue
+
+
 def bench_floor(res: Results, repeats: int) -> None:
-    res.add(Row("floor", "python -c 'import doit'", timed(lambda: run([PYTHON, "-c", "import doit"]), repeats)))
+    res.add(Row("floor", FLOOR, timed(lambda: run([PYTHON, "-c", "import doit"]), repeats)))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "c.yaml"
         write_config(cfg, Path(tmp) / "build", workers=2)
         res.add(Row("floor", "doit list (default config)",
                     timed(lambda: run([*DOIT, f"config={cfg}", "list"]), repeats),
-                    reference="python -c 'import doit'", target=2.0))
+                    reference=FLOOR, target=2.0))
 
 
 def bench_pki(res: Results, repeats: int) -> None:
@@ -123,7 +162,7 @@ def bench_pki(res: Results, repeats: int) -> None:
             (Path(tmp) / "butane").mkdir()
             run(["bash", str(ARTICLE_SCRIPT)], cwd=Path(tmp))
 
-    res.add(Row("pki", "article generate-k8s-certs.sh (openssl)", timed(article, repeats)))
+    res.add(Row("pki", ARTICLE, timed(article, repeats)))
     script = ROOT / "scripts" / "generate-k8s-certs"
     if not script.exists():
         return
@@ -133,10 +172,18 @@ def bench_pki(res: Results, repeats: int) -> None:
                 run([PYTHON, str(script), "--dir", str(Path(tmp) / "certs"), "--key-algorithm", alg])
 
         res.add(Row("pki", f"scripts/generate-k8s-certs {algorithm}", timed(ours, repeats),
-                    reference="article generate-k8s-certs.sh (openssl)"))
+                    reference=ARTICLE))
 
 
-def bench_new_cluster(res: Results, repeats: int, workers: int, label: str) -> None:
+FLOOR = "python -c 'import doit'"
+ARTICLE = "article generate-k8s-certs.sh (openssl)"
+
+
+def bench_new_cluster(res: Results, repeats: int, nodes: int) -> None:
+    """Cold, no-op (answered from the proof; and checked by doit) and one-worker-change runs of
+    `doit new_cluster` for a cluster of `nodes` (3 control planes); list and show for 500."""
+    label = f"{nodes} nodes"
+    workers = nodes - 3
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "c.yaml"
         build = Path(tmp) / "build"
@@ -146,40 +193,78 @@ def bench_new_cluster(res: Results, repeats: int, workers: int, label: str) -> N
 
         def wipe() -> None:
             shutil.rmtree(build, ignore_errors=True)
+            forget_proofs(cfg)
 
         def cold() -> None:
             counts["cold"] = len(executed_tasks(run(argv).stdout))
 
-        ref = "article generate-k8s-certs.sh (openssl)" if label == "5 nodes" else "new_cluster cold, 5 nodes"
-        target = 0.5 if label == "5 nodes" else 4.0
-        res.add(Row("new_cluster", f"new_cluster cold, {label}", timed(cold, repeats, before=wipe),
-                    note="", reference=ref, target=target))
-        run(argv)
+        cold_target = {5: (ARTICLE, 0.3), 500: ("new_cluster cold, 50 nodes", 10.0)}.get(nodes)
+        res.add(Row("new_cluster", f"new_cluster cold, {label}", timed(cold, cold_repeats(repeats, nodes),
+                                                                        before=wipe),
+                    reference=cold_target[0] if cold_target else None,
+                    target=cold_target[1] if cold_target else None))
+        run(argv)  # the first no-op: checked by doit, it leaves the proof
 
         def noop() -> None:
             counts["noop"] = len(executed_tasks(run(argv).stdout))
 
-        res.add(Row("new_cluster", f"new_cluster no-op, {label}", timed(noop, repeats),
-                    reference="python -c 'import doit'", target=2.0 if label == "5 nodes" else None))
-        last_worker = f"node{3 + workers}-worker"
+        res.add(Row("new_cluster", f"new_cluster no-op, {label}", timed(noop, repeats), reference=FLOOR,
+                    target=1.5 if nodes in (5, 500) else None))
+        res.add(Row("new_cluster", f"new_cluster no-op checked by doit (no proof), {label}",
+                    timed(noop, repeats, before=lambda: forget_proofs(cfg)), reference=FLOOR))
+        last_worker = f"node{nodes}-worker"
         original = cfg.read_text()
+        old_ip = yaml.safe_load(original)["nodes"][-1]["ip"]
+        new_ip = "192.168.122.250" if nodes <= 200 else "192.168.123.250"
         changed_tasks: list[str] = []
 
         def flip() -> None:
             text = cfg.read_text()
-            old_ip = f"192.168.122.{30 + 3 + workers}"
-            new_ip = "192.168.122.250"
-            cfg.write_text(text.replace(old_ip, new_ip) if old_ip in text else original)
+            cfg.write_text(text.replace(f"ip: {old_ip}\n", f"ip: {new_ip}\n") if f"ip: {old_ip}\n" in text
+                           else original)
 
         def change() -> None:
             changed_tasks[:] = executed_tasks(run(argv).stdout)
 
-        res.add(Row("new_cluster", f"new_cluster one-worker IP change, {label}", timed(change, repeats, before=flip)))
+        res.add(Row("new_cluster", f"new_cluster one-worker IP change, {label}", timed(change, repeats, before=flip),
+                    reference=f"new_cluster no-op, {label}", target=2.0 if nodes == 500 else None))
         cfg.write_text(original)
         ours = sorted(t for t in changed_tasks if not t.startswith("new_cluster"))
+        expected = [f"render:{last_worker}", f"translate:{last_worker}"]
         res.facts.append((f"tasks executed, {label}: cold / no-op / one-worker change",
                           f"{counts.get('cold')} / {counts.get('noop')} / {len(ours)}: {', '.join(ours)}",
-                          f"one-worker change must touch only {last_worker}"))
+                          f"one-worker change runs exactly {', '.join(expected)}: "
+                          + ("holds" if ours == expected else "MISSED")))
+        res.scaling[nodes] = {kind: res.find(f"new_cluster {kind}, {label}") for kind in
+                              ("cold", "no-op", "no-op checked by doit (no proof)", "one-worker IP change")}
+        if nodes == 500:
+            bench_list_show(res, repeats, cfg, label)
+
+
+def bench_list_show(res: Results, repeats: int, cfg: Path, label: str) -> None:
+    """`doit list` and `doit show`: repeated (answered from the proof) and right after an edit."""
+    original = cfg.read_text()
+    edits = iter(range(1_000_000))
+
+    def edit() -> None:
+        cfg.write_text(original + f"# edit {next(edits)}\n")
+
+    for command in ("list", "show"):
+        argv = [*DOIT, f"config={cfg}", command]
+
+        def once(a: list[str] = argv) -> None:
+            run(a)
+
+        once()
+        res.add(Row("list/show", f"doit {command}, {label}", timed(once, repeats), reference=FLOOR, target=2.0))
+        res.add(Row("list/show", f"doit {command} right after an edit of the config, {label}",
+                    timed(once, repeats, before=edit), reference=FLOOR))
+        cfg.write_text(original)
+
+
+def cold_repeats(repeats: int, nodes: int) -> int:
+    # A cold 500-node build takes seconds: fewer samples, still a median.
+    return repeats if nodes <= 50 else max(3, min(repeats, 5))
 
 
 def article_files(tmp: Path) -> list[str]:
@@ -256,6 +341,18 @@ def render(res: Results, repeats: int) -> str:
             f"| {row.section} | {row.name} | {row.median * 1000:.1f} ms | "
             f"{min(row.seconds) * 1000:.1f}-{max(row.seconds) * 1000:.1f} ms | {ratio} | {verdict} |"
         )
+    if res.scaling:
+        lines += ["", "## Scaling of `doit new_cluster` (medians)", "",
+                  "| nodes | cold | cold per node | no-op | no-op checked by doit | one-worker change |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for nodes, rows in sorted(res.scaling.items()):
+            def ms(row: Row | None) -> str:
+                return f"{row.median * 1000:.0f} ms" if row else ""
+            cold = rows.get("cold")
+            per_node = f"{cold.median * 1000 / nodes:.1f} ms" if cold else ""
+            lines.append(f"| {nodes} | {ms(cold)} | {per_node} | {ms(rows.get('no-op'))} | "
+                         f"{ms(rows.get('no-op checked by doit (no proof)'))} | "
+                         f"{ms(rows.get('one-worker IP change'))} |")
     if res.facts:
         lines += ["", "| fact | value | expectation |", "| --- | --- | --- |"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in res.facts]
@@ -290,11 +387,18 @@ def stand_alone(title: str, script: str, *args: str) -> Callable[[Results, int],
     return section
 
 
+SIZES = (5, 50, 200, 500)
+
+
+def bench_sizes(res: Results, repeats: int) -> None:
+    for size in res.sizes:
+        bench_new_cluster(res, repeats, size)
+
+
 SECTIONS: dict[str, Callable[[Results, int], None]] = {
     "floor": bench_floor,
     "pki": bench_pki,
-    "new_cluster": lambda res, n: bench_new_cluster(res, n, 2, "5 nodes"),
-    "new_cluster_50": lambda res, n: bench_new_cluster(res, n, 47, "50 nodes"),
+    "new_cluster": lambda res, n: bench_sizes(res, n),
     "translate": bench_translate,
     "download": stand_alone("Download + verify of 1 GiB from 127.0.0.1 against curl (bench/bench_download.py)",
                             "bench_download.py", "--size-mib", "1024", "--repeat", "3"),
@@ -316,6 +420,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES),
+                        help="cluster sizes of the new_cluster section (50 is the reference of 500)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
     parser.add_argument("--ha-baseline", type=Path, metavar="CHECKOUT",
                         help="the ha section also measures this checkout's configs (e.g. an older main)")
@@ -323,7 +429,7 @@ def main() -> None:
     if args.ha_baseline:
         HA_BASELINE[:] = ["--baseline", str(args.ha_baseline.resolve()), "--baseline-name",
                           f"{args.ha_baseline.name} (baseline)"]
-    res = Results()
+    res = Results(sizes=tuple(args.sizes))
     for name, section in SECTIONS.items():
         if args.only and name not in args.only:
             continue
