@@ -105,7 +105,7 @@ def node_addresses(count: int) -> tuple[int, list[str]]:
     import ipaddress
 
     taken = {"192.168.122.1", "192.168.122.30"}
-    prefix = 24 if count <= 224 else 23
+    prefix = 24 if count <= 225 else 23
     hosts = [str(h) for h in ipaddress.ip_network(f"192.168.122.0/{prefix}").hosts() if str(h) not in taken]
     vip = ipaddress.IPv4Address("192.168.122.30")
     after_vip = [h for h in hosts if ipaddress.IPv4Address(h) > vip]
@@ -215,7 +215,7 @@ def bench_new_cluster(res: Results, repeats: int, nodes: int) -> None:
         last_worker = f"node{nodes}-worker"
         original = cfg.read_text()
         old_ip = yaml.safe_load(original)["nodes"][-1]["ip"]
-        new_ip = "192.168.122.250" if nodes <= 200 else "192.168.123.250"
+        new_ip = node_addresses(nodes + 1)[1][-1]  # the next free address of the same subnet
         changed_tasks: list[str] = []
 
         def flip() -> None:
