@@ -38,7 +38,7 @@ from tasks.paths import PROJECT_ROOT
 from tasks.stages.invocation import config_path, plain_list, plain_run, user_cwd
 
 RUNS = PROJECT_ROOT / "cache" / "runs"
-KEEP = 64
+KEEP = 128
 FORMAT = 2
 
 
