@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from support.configs import write_config
 from support.gpg_keys import Keys, agent_running, write_key
 from support.pipeline import run_doit
 from support.site import CHANNEL_ROOT, DIGESTS_ASC, FAST, IMAGE, IMAGE_DATA, VERSION, Site, digests, image_cluster
@@ -292,6 +293,16 @@ def test_doit_image_under_umask_000_restores_a_swapped_image(tmp_path: Path, sit
     assert again.returncode == 0, again.stdout
     assert ".  image" in again.stdout, again.stdout  # not "-- image": the swap was noticed
     assert image.read_bytes() == IMAGE_DATA
+
+
+def test_new_cluster_under_umask_000_leaves_no_cache_folder_writable_by_others(tmp_path: Path) -> None:
+    config = write_config(tmp_path)  # its cache_dir is tmp_path/cache, made by this run
+    umask = ["sh", "-c", 'umask 000 && exec "$@"', "sh"]
+    assert run_doit(config, "new_cluster", prefix=umask).returncode == 0
+    cache = tmp_path / "cache"
+    found = modes(cache)
+    assert found["jinja"] == 0o700  # compiled templates are code this pipeline runs
+    assert all(not mode & 0o022 for mode in found.values()), found
 
 
 # --- pieces ---------------------------------------------------------------------------------------

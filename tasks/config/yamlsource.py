@@ -147,13 +147,13 @@ def remember(cache_dir: Path, text: str, located: Located) -> None:
 
 
 def _remember(entry: Path, located: Located) -> None:
-    from tasks.fsutil import atomic_write
+    from tasks.fsutil import PRIVATE_DIR, atomic_write, make_dirs
 
     try:
         payload = json.dumps({"data": located.data, "lines": located.lines})
         if json.loads(payload)["data"] != located.data:
             return  # e.g. a YAML value JSON would change: parse again next time
-        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(entry.parent, PRIVATE_DIR)  # 0700 down from the first missing folder, any umask
         atomic_write(entry, payload)
         _trim(entry.parent)
     except (OSError, TypeError, ValueError):

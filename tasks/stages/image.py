@@ -40,7 +40,7 @@ def task_verify_gpg() -> dict[str, Any]:
 
 
 def task_image() -> dict[str, Any]:
-    """Download and GPG-verify the Flatcar image (once per version)."""
+    """Download and verify the Flatcar image against the pinned key (once per version)."""
     ctx = context()
     return {
         "actions": [obtain_image],
