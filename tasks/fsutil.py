@@ -41,11 +41,13 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> None:
+def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, durable: bool = True) -> None:
     """Write data to path through a temp file + rename, created with `mode` from the start.
 
     The temporary file is created 0600 by mkstemp, so secrets are never briefly readable;
-    readers see either the old file or the new one, never a torn one.
+    readers see either the old file or the new one, never a torn one. durable=False defers the
+    fsync to `sync_pending()` (doit's state backend calls it before it records any task as done),
+    so the outputs of many tasks reach the disk in one batch instead of one commit each.
     """
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,16 +56,48 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> Non
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    if not durable:
+        _PENDING.append(path)
 
 
-def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> bool:
+# Written with durable=False and not yet known to be on disk.
+_PENDING: list[Path] = []
+
+
+def sync_pending() -> None:
+    """fsync every file written with durable=False (and their folders), all at once: concurrent
+    fsyncs share the filesystem's commits, about 0.6 ms a file here instead of 3."""
+    paths = list(dict.fromkeys(_PENDING))
+    _PENDING.clear()
+    if not paths:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    folders = list(dict.fromkeys(p.parent for p in paths))
+    with ThreadPoolExecutor(max_workers=min(32, len(paths) + len(folders))) as pool:
+        list(pool.map(_fsync, [*paths, *folders]))
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # replaced or removed since: whatever holds its name now was synced by its writer
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, durable: bool = True) -> bool:
     """atomic_write unless path already holds exactly data (keeps mtimes stable)."""
     payload = data.encode() if isinstance(data, str) else data
     try:
@@ -73,7 +107,7 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) ->
             return False
     except FileNotFoundError:
         pass
-    atomic_write(path, payload, mode)
+    atomic_write(path, payload, mode, durable=durable)
     return True
 
 

@@ -36,8 +36,9 @@ def write_output(ctx: Context, name: str) -> None:
     text = render_output(out, environment(ctx.cluster.flatcar.cache_dir / "jinja"))
     check_references(out, text)
     ensure_private_dir(ctx.paths.butane)
-    # No secret is ever rendered, so the Butane text itself is public (its folder is not).
-    write_if_changed(ctx.paths.butane_file(name), text, PUBLIC_FILE)
+    # No secret is ever rendered, so the Butane text itself is public (its folder is not). Synced
+    # with the run's other outputs before doit's state records them (tasks/fsutil.py).
+    write_if_changed(ctx.paths.butane_file(name), text, PUBLIC_FILE, durable=False)
 
 
 @action
@@ -45,7 +46,7 @@ def copy_extra(ctx: Context, source: Path, name: str) -> None:
     from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
 
     ensure_private_dir(ctx.paths.butane)
-    write_if_changed(ctx.paths.butane_file(name), source.read_bytes(), PUBLIC_FILE)
+    write_if_changed(ctx.paths.butane_file(name), source.read_bytes(), PUBLIC_FILE, durable=False)
 
 
 def _context_digest(name: str) -> str:

@@ -49,10 +49,13 @@ class AtomicJsonDB:
 
     def dump(self) -> None:
         """Save the state (doit calls this at the end of a run), unless nothing changed."""
+        from tasks.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir, sync_pending
+
+        # The run's outputs written without their own fsync reach the disk first, in one batch:
+        # the state never says a task is done while its output may still be lost.
+        sync_pending()
         if not self._changed:
             return
-        from tasks.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
-
         ensure_private_dir(self.name.parent)
         atomic_write(self.name, self.codec.encode(self._db), PRIVATE_FILE)
         self._changed = False

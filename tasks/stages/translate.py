@@ -44,7 +44,8 @@ def translate_unit(ctx: Context, name: str) -> None:
     # Secret in, secret out: a merged child or embedded file that is private keeps this private.
     private = any(is_private(unit.files_dir / ref) for ref in unit.refs)
     ensure_private_dir(paths.ign)
-    write_if_changed(paths.ign_file(name), data, PRIVATE_FILE if private else PUBLIC_FILE)
+    # Synced with the other outputs before doit's state records them (tasks/fsutil.py).
+    write_if_changed(paths.ign_file(name), data, PRIVATE_FILE if private else PUBLIC_FILE, durable=False)
 
 
 @delayed
