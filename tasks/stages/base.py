@@ -193,18 +193,6 @@ def action(fn: Callable[Concatenate[Context, P], Any]) -> Callable[P, Any]:
     return wrapper
 
 
-def checked_when_run(compute: Callable[[], str]) -> Any:
-    """doit's config_changed on a value computed when doit checks the task, not when it loads
-    the tasks: what an earlier task of the same run wrote (the lock, in `doit ha`) counts."""
-    from doit.tools import config_changed
-
-    class _WhenRun(config_changed):  # type: ignore[misc]
-        def _calc_digest(self) -> str:
-            return compute()
-
-    return _WhenRun(None)
-
-
 def recreate_requested(node: str) -> bool:
     """`doit recreate=1 ...` (every changed node) or `recreate=node1,node2` (only those)."""
     from doit import get_var

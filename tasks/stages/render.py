@@ -16,8 +16,8 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.paths import Src
-from tasks.stages.base import Context, action, checked_when_run, context
-from tasks.stages.creators import delayed
+from tasks.stages.base import Context, action, context
+from tasks.stages.creators import delayed, inputs_when_checked
 
 
 @action
@@ -70,7 +70,7 @@ def task_render() -> Iterator[dict[str, Any]]:
             # After `doit ha` (or lock) wrote the lock, even in parallel runs; offline, a no-op.
             "task_dep": ["lock"],
             "targets": [str(ctx.paths.butane_file(out.name))],
-            "uptodate": [checked_when_run(functools.partial(_context_digest, out.name))],
+            "uptodate": [inputs_when_checked(functools.partial(_context_digest, out.name))],
             "clean": True,
         }
     for source, name in extra_layers(ctx.cluster).items():

@@ -21,7 +21,8 @@ def _units() -> dict[str, Unit]:
     from tasks.plan.translation import units
 
     ctx = context()
-    return {u.name: u for u in units(ctx.cluster, ctx.paths)}
+    # The run's plan: the outputs are not planned (nor the lock read) a second time.
+    return {u.name: u for u in units(ctx.cluster, ctx.paths, ctx.outputs.values())}
 
 
 @action
