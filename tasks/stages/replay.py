@@ -120,6 +120,14 @@ def code_files() -> list[str]:
     return [*files, str(PROJECT_ROOT / "dodo.py"), str(cwd / "doit.cfg"), str(cwd / "pyproject.toml")]
 
 
+def config_files() -> list[str]:
+    """The config and the lock beside it (present or not): what every task's answers may read."""
+    from tasks.artifacts.lockfile import lock_path
+
+    config = config_path()
+    return [str(config), str(lock_path(config))]
+
+
 def store(key: dict[str, Any], seen: dict[str, list[int] | None], extra: Iterable[str], *, out: str,
           err: str = "", code: int = 0, until: float = float("inf")) -> None:
     """Write the proof for key: `seen` holds identities observed while doit decided (each must
@@ -132,7 +140,7 @@ def store(key: dict[str, Any], seen: dict[str, list[int] | None], extra: Iterabl
     # The folders of what tasks read and wrote: a chmod of build/<name>/ is a change too. (Not
     # the config's folder: files come and go there, and a file that matters is listed itself.)
     folders = sorted({str(Path(p).parent) for p in files})
-    for name in (str(config_path()), *extra, *code_files(), *folders):
+    for name in (*config_files(), *extra, *code_files(), *folders):
         files.setdefault(name, identity(name))
     proof = {"key": key, "until": until, "out": out, "err": err, "code": code, "files": list(files.items())}
     _write(proof_path(key), json.dumps(proof, separators=(",", ":")))
@@ -211,8 +219,9 @@ Check = Callable[[Any, dict[str, Any]], bool]
 def replayable(deadline: Deadline) -> Callable[[Check], Check]:
     """Mark a doit uptodate callable `(task, values) -> bool` as one a proof may stand for.
 
-    It must read nothing but the task's file_dep and targets, the values doit saved for the task
-    and the clock; `deadline(values)` is the epoch second after which its answer may change.
+    It must read nothing but the task's file_dep and targets, the values doit saved for the task,
+    the config and its lock (every proof holds both), the command line (a proof's key) and the
+    clock; `deadline(values)` is the epoch second after which its answer may change.
     """
     def mark(check: Check) -> Check:
         @functools.wraps(check)
