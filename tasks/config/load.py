@@ -105,11 +105,13 @@ def read_config_text(path: Path) -> str:
 def remember_config(path: Path) -> None:
     """Keep the parse of path for the next runs, once a config loaded valid in this process (the
     tasks' loading writes nothing; a run that executes an action calls this). No second parse:
-    what this process parsed is reused, and a parse read from the cache is already kept."""
+    what this process parsed is reused, and a parse read from the cache is already kept.
+    Read like any config (read_config_text: a regular file, bounded), so a path that became a FIFO
+    or a device since it was loaded never blocks or floods the run."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return
+        text = read_config_text(path)
+    except (ConfigError, OSError):
+        return  # a parse not remembered only costs the next run some speed
     located = parsed_here(text)
     if located is not None:
         remember(YAML_CACHE, text, located)
