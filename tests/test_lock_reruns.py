@@ -72,3 +72,22 @@ def test_a_changed_lock_reruns_exactly_the_outputs_that_read_it(tmp_path: Path) 
     ran, replayed = new_cluster(config)
     assert not replayed and renders(ran) == {"render:00_base-k8s", "render:20_base-ha-cp"}, ran
     assert "sha256-" not in butane("00_base-k8s").read_text()
+
+
+def test_show_is_not_answered_from_a_proof_once_the_lock_changed(tmp_path: Path) -> None:
+    """`doit show` names what pins the downloads: its kept output must not outlive the lock."""
+    import subprocess
+    import sys
+
+    def show() -> tuple[str, bool]:
+        argv = [sys.executable, "-X", "importtime", "-m", "doit", "-f", str(DODO), f"config={config}", "show"]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=300,
+                              check=True)
+        return proc.stdout, "tasks.stages.base" not in proc.stderr
+
+    config = write_config(tmp_path, base="project")
+    show()
+    assert "no lock: no hashes" in show()[0]
+    write_lock(config)
+    shown, replayed = show()
+    assert not replayed and f"pinned by {lock_path(config).name}" in shown

@@ -5,8 +5,9 @@ targets (present), its config_changed values (computed from the config and our c
 checks of our own that only read files and the clock (admin.conf not yet due for renewal). When a
 plain `doit [run] TASK...` ends with every task up to date or successfully run, and no task asks
 anything else (libvirt, the network, "always run"), the Recorder (recorder.py) leaves a proof: the
-identity (inode, size, mtime, ctime, mode) of every file those answers came from - the config,
-our code, doit's state file, each task's file_dep and targets and the folders holding them - the
+identity (inode, size, mtime, ctime, mode) of every file those answers came from - the config
+and the lock beside it (whose pins the render checks read), our code, doit's state file, each
+task's file_dep and targets and the folders holding them - the
 earliest time a check expires, and what doit printed. Tasks whose output only depends on the
 config and named files (`doit show`) are proven the same way, with their output.
 
