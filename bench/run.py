@@ -20,126 +20,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-import yaml
+from measure import ARTICLE, DOIT, ENV, FLOOR, PYTHON, ROOT, Results, Row, run, timed, write_config
+from scaling import SIZES, bench_sizes
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-DOIT = [PYTHON, "-m", "doit", "-f", str(ROOT / "dodo.py")]
 ARTICLE_SCRIPT = ROOT / "bench" / "article" / "generate-k8s-certs.sh"
 ARTICLE_BUTANE = ROOT / "bench" / "article" / "butane"
-
-
-@dataclass
-class Row:
-    section: str
-    name: str
-    seconds: list[float]
-    note: str = ""
-    reference: str | None = None  # name of the row this one is compared with
-    target: float | None = None  # ratio that must hold (<=)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-
-@dataclass
-class Results:
-    rows: list[Row] = field(default_factory=list)
-    facts: list[tuple[str, str, str]] = field(default_factory=list)  # (what, value, target/verdict)
-    reports: list[tuple[str, str]] = field(default_factory=list)  # (title, text) of stand-alone benches
-    scaling: dict[int, dict[str, Row | None]] = field(default_factory=dict)  # nodes -> kind -> row
-    sizes: tuple[int, ...] = (5, 50, 200, 500)
-
-    def add(self, row: Row) -> Row:
-        self.rows.append(row)
-        print(f"  {row.section}: {row.name}: median {row.median * 1000:.1f} ms", flush=True)
-        return row
-
-    def find(self, name: str) -> Row | None:
-        return next((r for r in self.rows if r.name == name), None)
-
-
-def timed(action: Callable[[], object], repeats: int, before: Callable[[], object] | None = None) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-# Users' Pythons cache bytecode; a sandbox that sets PYTHONDONTWRITEBYTECODE would make every
-# run recompile every module and measure the compiler instead of the pipeline.
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def run(argv: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, env=ENV)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def executed_tasks(doit_output: str) -> list[str]:
-    """Tasks doit ran (lines '.  name'), as opposed to up-to-date ones ('-- name')."""
-    return [m.group(1) for m in re.finditer(r"^\.\s+(\S+)", doit_output, re.MULTILINE)]
-
-
-def node_addresses(count: int) -> tuple[int, list[str]]:
-    """(prefix, addresses) for count nodes around config.yaml's VIP 192.168.122.30: a /24 while
-    it fits (from .31 on), else a /23 (192.168.122.0-192.168.123.255)."""
-    import ipaddress
-
-    taken = {"192.168.122.1", "192.168.122.30"}
-    prefix = 24 if count <= 225 else 23
-    hosts = [str(h) for h in ipaddress.ip_network(f"192.168.122.0/{prefix}").hosts() if str(h) not in taken]
-    vip = ipaddress.IPv4Address("192.168.122.30")
-    after_vip = [h for h in hosts if ipaddress.IPv4Address(h) > vip]
-    ordered = after_vip + [h for h in hosts if h not in after_vip]
-    if count > len(ordered):
-        raise SystemExit(f"{count} nodes do not fit in a /23")
-    return prefix, ordered[:count]
-
-
-def write_config(path: Path, build_dir: Path, workers: int, control_planes: int = 3) -> None:
-    data = yaml.safe_load((ROOT / "config.yaml").read_text())
-    prefix, addresses = node_addresses(control_planes + workers)
-    nodes = [{"name": f"node{i + 1}-cp", "role": "control-plane", "ip": addresses[i]}
-             for i in range(control_planes)]
-    nodes += [{"name": f"node{control_planes + i + 1}-worker", "role": "worker",
-               "ip": addresses[control_planes + i]} for i in range(workers)]
-    data["nodes"] = nodes
-    data["network"]["prefix"] = prefix
-    data["build_dir"] = str(build_dir)
-    # Exact releases build offline without a lock (config.yaml's minor needs `doit lock`).
-    data["kubernetes"].update(version="v1.36.2", crio_version="v1.36.3")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def forget_proofs(config: Path) -> None:
-    """Remove the replay proofs of config's command lines: the next run is checked by doit."""
-    import json
-
-    for proof in (ROOT / "cache" / "runs").glob("*.json"):
-        try:
-            if json.loads(proof.read_text())["key"]["config"] == str(config):
-                proof.unlink()
-        except (OSError, ValueError, KeyError):
-            continue
 
 
 def bench_floor(res: Results, repeats: int) -> None:
@@ -173,98 +65,6 @@ def bench_pki(res: Results, repeats: int) -> None:
 
         res.add(Row("pki", f"scripts/generate-k8s-certs {algorithm}", timed(ours, repeats),
                     reference=ARTICLE))
-
-
-FLOOR = "python -c 'import doit'"
-ARTICLE = "article generate-k8s-certs.sh (openssl)"
-
-
-def bench_new_cluster(res: Results, repeats: int, nodes: int) -> None:
-    """Cold, no-op (answered from the proof; and checked by doit) and one-worker-change runs of
-    `doit new_cluster` for a cluster of `nodes` (3 control planes); list and show for 500."""
-    label = f"{nodes} nodes"
-    workers = nodes - 3
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "c.yaml"
-        build = Path(tmp) / "build"
-        write_config(cfg, build, workers=workers)
-        argv = [*DOIT, f"config={cfg}", "new_cluster"]
-        counts: dict[str, int] = {}
-
-        def wipe() -> None:
-            shutil.rmtree(build, ignore_errors=True)
-            forget_proofs(cfg)
-
-        def cold() -> None:
-            counts["cold"] = len(executed_tasks(run(argv).stdout))
-
-        cold_target = {5: (ARTICLE, 0.3), 500: ("new_cluster cold, 50 nodes", 10.0)}.get(nodes)
-        res.add(Row("new_cluster", f"new_cluster cold, {label}", timed(cold, cold_repeats(repeats, nodes),
-                                                                        before=wipe),
-                    reference=cold_target[0] if cold_target else None,
-                    target=cold_target[1] if cold_target else None))
-        run(argv)  # the first no-op: checked by doit, it leaves the proof
-
-        def noop() -> None:
-            counts["noop"] = len(executed_tasks(run(argv).stdout))
-
-        res.add(Row("new_cluster", f"new_cluster no-op, {label}", timed(noop, repeats), reference=FLOOR,
-                    target=1.5 if nodes in (5, 500) else None))
-        res.add(Row("new_cluster", f"new_cluster no-op checked by doit (no proof), {label}",
-                    timed(noop, repeats, before=lambda: forget_proofs(cfg)), reference=FLOOR))
-        last_worker = f"node{nodes}-worker"
-        original = cfg.read_text()
-        old_ip = yaml.safe_load(original)["nodes"][-1]["ip"]
-        new_ip = node_addresses(nodes + 1)[1][-1]  # the next free address of the same subnet
-        changed_tasks: list[str] = []
-
-        def flip() -> None:
-            text = cfg.read_text()
-            cfg.write_text(text.replace(f"ip: {old_ip}\n", f"ip: {new_ip}\n") if f"ip: {old_ip}\n" in text
-                           else original)
-
-        def change() -> None:
-            changed_tasks[:] = executed_tasks(run(argv).stdout)
-
-        res.add(Row("new_cluster", f"new_cluster one-worker IP change, {label}", timed(change, repeats, before=flip),
-                    reference=f"new_cluster no-op, {label}", target=2.0 if nodes == 500 else None))
-        cfg.write_text(original)
-        ours = sorted(t for t in changed_tasks if not t.startswith("new_cluster"))
-        expected = [f"render:{last_worker}", f"translate:{last_worker}"]
-        res.facts.append((f"tasks executed, {label}: cold / no-op / one-worker change",
-                          f"{counts.get('cold')} / {counts.get('noop')} / {len(ours)}: {', '.join(ours)}",
-                          f"one-worker change runs exactly {', '.join(expected)}: "
-                          + ("holds" if ours == expected else "MISSED")))
-        res.scaling[nodes] = {kind: res.find(f"new_cluster {kind}, {label}") for kind in
-                              ("cold", "no-op", "no-op checked by doit (no proof)", "one-worker IP change")}
-        if nodes == 500:
-            bench_list_show(res, repeats, cfg, label)
-
-
-def bench_list_show(res: Results, repeats: int, cfg: Path, label: str) -> None:
-    """`doit list` and `doit show`: repeated (answered from the proof) and right after an edit."""
-    original = cfg.read_text()
-    edits = iter(range(1_000_000))
-
-    def edit() -> None:
-        cfg.write_text(original + f"# edit {next(edits)}\n")
-
-    for command in ("list", "show"):
-        argv = [*DOIT, f"config={cfg}", command]
-
-        def once(a: list[str] = argv) -> None:
-            run(a)
-
-        once()
-        res.add(Row("list/show", f"doit {command}, {label}", timed(once, repeats), reference=FLOOR, target=2.0))
-        res.add(Row("list/show", f"doit {command} right after an edit of the config, {label}",
-                    timed(once, repeats, before=edit), reference=FLOOR))
-        cfg.write_text(original)
-
-
-def cold_repeats(repeats: int, nodes: int) -> int:
-    # A cold 500-node build takes seconds: fewer samples, still a median.
-    return repeats if nodes <= 50 else max(3, min(repeats, 5))
 
 
 def article_files(tmp: Path) -> list[str]:
@@ -385,14 +185,6 @@ def stand_alone(title: str, script: str, *args: str) -> Callable[[Results, int],
         res.reports.append((title, text))
 
     return section
-
-
-SIZES = (5, 50, 200, 500)
-
-
-def bench_sizes(res: Results, repeats: int) -> None:
-    for size in res.sizes:
-        bench_new_cluster(res, repeats, size)
 
 
 SECTIONS: dict[str, Callable[[Results, int], None]] = {
