@@ -26,6 +26,7 @@ from tasks.stages.render import task_render
 from tasks.stages.replay import answer_list
 from tasks.stages.secrets import task_secrets
 from tasks.stages.show import task_show
+from tasks.stages.state import KeyedChecker
 from tasks.stages.status import task_status
 from tasks.stages.translate import task_translate
 from tasks.stages.verify import task_verify_ha
@@ -37,8 +38,9 @@ DOIT_CONFIG = {
     # Crash-safe and private (tasks/stages/state.py); build/<name>/ appears with the first run.
     "backend": "flatcar-ha",
     "dep_file": state_file(),
-    # Fixed here on purpose: changing the checker on an existing state file breaks doit.
-    "check_file_uptodate": "md5",
+    # A stat signature + HMAC under the cluster's key, never a bare digest of a (secret) file_dep.
+    # The backend drops other checkers' records when it loads, so an older state file still works.
+    "check_file_uptodate": KeyedChecker,
     "verbosity": 1,
     # doit's console output; it also leaves the proof replay() checks.
     "reporter": Recorder,

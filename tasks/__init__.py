@@ -4,6 +4,8 @@ Code map (data flows config -> plan -> stages -> files; the README has the long 
 
     errors, paths, run, fsutil, facts, yamlutil   shared basics: exceptions, every path, the one
                                                   subprocess wrapper, safe file writes, fixed facts
+    buildroot, written   build/<name>/ as the pipeline's own: claimed, locked, swept of killed
+                         runs' leftovers; what was written there (keyed digests), to see edits
     config/    the cluster config: frozen model whose fields declare each setting once, reading
                YAML with its lines, validation (rules across settings in rules.py)
     pki/       cluster CAs, SA key, token, admin.conf: crypto, the set on disk, the admin kubeconfig

@@ -1,4 +1,9 @@
-"""File writing that never leaves half-written or world-readable files behind."""
+"""File writing that never leaves half-written, world-readable or umask-dependent files behind.
+
+Every folder and file made here gets its mode explicitly (mkdir's and open's modes are masked by
+the user's umask, so a chmod follows), and only what this module creates is chmodded: an existing
+parent (the user's home, a shared build folder) keeps its mode.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,45 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 PRIVATE_DIR = 0o700
 PUBLIC_DIR = 0o755
 PRIVATE_FILE = 0o600
 PUBLIC_FILE = 0o644
+# Stat fields that change whenever a file's content, mode or identity does: ctime cannot be set
+# back by a user (unlike mtime), so a file replaced "with its mtime kept" still differs.
+Signature = tuple[int, int, int, int]
+# atomic_write's temporary files are `.<name>.<random>.tmp`: what a killed run may leave behind.
+TEMP_SUFFIX = ".tmp"
 
 
-def make_dirs(path: Path, mode: int) -> Path:
-    """Create path and its missing parents with exactly `mode` (whatever the umask); tighten or
-    re-assert path's own mode if it exists. Parents that already exist are left alone."""
-    missing: list[Path] = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        if probe.parent == probe:
+def make_dirs(path: Path, mode: int = PRIVATE_DIR) -> Path:
+    """Create path and any missing parents, each made with exactly `mode`; existing ones are untouched."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
             break
-        probe = probe.parent
+        missing.append(folder)
     for folder in reversed(missing):
         try:
             folder.mkdir(mode=mode)
         except FileExistsError:
-            continue  # made at the same time by a concurrent run: its mode is asserted below
+            if not folder.is_dir():
+                raise
+            continue  # made meanwhile by someone else: not ours to chmod
         os.chmod(folder, mode)
-    os.chmod(path, mode)
     return path
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create path (and parents) as 0700; tighten it if it already exists."""
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    os.chmod(path, PRIVATE_DIR)
+    """Create path (and missing parents) as 0700; tighten path itself if it already exists.
+
+    Only for folders the pipeline owns (inside build/<name>/ or its cache): path is chmodded.
+    """
+    make_dirs(path)
+    if os.stat(path).st_mode & 0o777 != PRIVATE_DIR:
+        os.chmod(path, PRIVATE_DIR)
     return path
 
 
@@ -45,16 +58,26 @@ def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, dur
     """Write data to path through a temp file + rename, created with `mode` from the start.
 
     The temporary file is created 0600 by mkstemp, so secrets are never briefly readable;
-    readers see either the old file or the new one, never a torn one. durable=False defers the
-    fsync to `sync_pending()` (doit's state backend calls it before it records any task as done),
-    so the outputs of many tasks reach the disk in one batch instead of one commit each.
+    readers see either the old file or the new one, never a torn one. A missing parent is made
+    0700. durable=False defers the fsync to `sync_pending()` (doit's state backend calls it before
+    it records any task as done), so the outputs of many tasks reach the disk in one batch instead
+    of one commit each.
     """
     payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with atomic_output(path, mode, durable=durable) as handle:
+        handle.write(payload)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = PRIVATE_FILE, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """atomic_write for writers that stream (an archive of GiBs): the handle's content replaces
+    path, fsynced, only when the block ends without an error. A killed run leaves a
+    `.<name>.<random>.tmp` (0600) that the next run sweeps (tasks/buildroot.py), never a torn path."""
+    make_dirs(path.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
@@ -98,7 +121,7 @@ def _fsync(path: Path) -> None:
 
 
 def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, durable: bool = True) -> bool:
-    """atomic_write unless path already holds exactly data (keeps mtimes stable)."""
+    """atomic_write unless path already holds exactly data (keeps mtimes stable); mode re-asserted."""
     payload = data.encode() if isinstance(data, str) else data
     try:
         if path.read_bytes() == payload:
@@ -109,6 +132,11 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *,
         pass
     atomic_write(path, payload, mode, durable=durable)
     return True
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What a cheap check compares before reading a file: inode, size, mtime and ctime."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def sha256_file(path: Path) -> str:
@@ -128,9 +156,26 @@ def private_tempdir(parent: Path | None = None, prefix: str = "tmp") -> Iterator
     import shutil
 
     if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(parent)
     path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def memory_file(name: str, data: bytes) -> Iterator[str]:
+    """A path (/proc/self/fd/N) to data held in an anonymous in-memory file of this process.
+
+    For a key that a library wants as a file (TLS client certificates): a killed run leaves no
+    copy on disk, whatever the temporary folder.
+    """
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)

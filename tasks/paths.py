@@ -36,6 +36,32 @@ class Build:
     def state_db(self) -> Path:
         return self.root / "doit-state.json"
 
+    # Bookkeeping of the folder itself (tasks/buildroot.py, tasks/written.py).
+    @property
+    def marker(self) -> Path:
+        """Written when flatcar-ha makes (or adopts) the folder: only such a folder is ever changed."""
+        return self.root / ".flatcar-ha"
+
+    @property
+    def run_lock(self) -> Path:
+        return self.root / ".run.lock"
+
+    @property
+    def state_lock(self) -> Path:
+        return self.root / ".state.lock"
+
+    @property
+    def digest_key(self) -> Path:
+        return self.root / "digest.key"
+
+    @property
+    def written(self) -> Path:
+        return self.root / "written.json"
+
+    @property
+    def rotation_journal(self) -> Path:
+        return self.root / ".pki-rotation.json"
+
     @property
     def pki(self) -> Path:
         return self.root / "pki"

@@ -4,6 +4,8 @@
   shared ones (base, state, invocation, replay, recorder, creators);
 - libraries (everything else in tasks/) never import a stage or doit;
 - dodo.py imports stages only; nothing in tasks/ imports dodo or edits sys.path;
+- every action of a task is a function of its stage marked @action (takes the cluster's run lock,
+  saves the write records) or @read_action: no writer into build/<name>/ escapes the lock;
 - every program the code runs has an install hint, and no hint names a program it never runs;
 - no module is over 400 lines.
 """
@@ -80,6 +82,8 @@ def violations(root: Path) -> list[str]:
             if isinstance(node, ast.Attribute) and node.attr == "path" and \
                     isinstance(node.value, ast.Name) and node.value.id == "sys":
                 found.append(f"{where}:{node.lineno}: touches sys.path")
+        if is_stage(name):
+            found += [f"{where}:{line}: {problem}" for line, problem in unguarded_actions(tree)]
         lines = len(path.read_text().splitlines())
         if lines > MAX_LINES:
             found.append(f"{where}: {lines} lines, over the {MAX_LINES}-line limit: split it by concern")
@@ -88,6 +92,23 @@ def violations(root: Path) -> list[str]:
         if not is_stage(imported):
             found.append(f"dodo.py:{line}: imports {imported}; dodo.py imports stages only")
     return found
+
+
+def unguarded_actions(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """Entries of `"actions": [...]` that are not a function of the module decorated @action or
+    @read_action (a lambda, a shell command, an undecorated function)."""
+    guarded = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and any(
+        isinstance(d, ast.Name) and d.id in ("action", "read_action") for d in node.decorator_list)}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Dict):
+            continue
+        for key, value in zip(node.keys, node.values, strict=True):
+            if not (isinstance(key, ast.Constant) and key.value == "actions" and isinstance(value, ast.List)):
+                continue
+            for item in value.elts:
+                fn = item.elts[0] if isinstance(item, ast.Tuple) and item.elts else item
+                if not (isinstance(fn, ast.Name) and fn.id in guarded):
+                    yield item.lineno, f"action {ast.unparse(item)} is not an @action or @read_action of this stage"
 
 
 def test_the_tree_keeps_the_house_rules() -> None:
@@ -105,6 +126,10 @@ def test_the_tree_keeps_the_house_rules() -> None:
         ("tasks/report/graph.py", "import sys\nsys.path.insert(0, '.')", "touches sys.path"),
         ("tasks/plan/hosts.py", "def task_x() -> None:\n    pass", "task creator task_x outside tasks/stages/"),
         ("dodo.py", "from tasks.config import load_config", "dodo.py imports stages only"),
+        ("tasks/stages/show.py", "def _x() -> None:\n    pass\n\n\ndef task_x() -> dict[str, Any]:\n"
+         "    return {'actions': [_x]}", "action _x is not an @action"),
+        ("tasks/stages/bundle.py", "def task_x() -> dict[str, Any]:\n    return {'actions': [['tar', 'cf', 'x']]}",
+         "action ['tar', 'cf', 'x'] is not an @action"),
     ],
 )
 def test_each_rule_catches_a_breach(tmp_path: Path, module: str, line: str, expected: str) -> None:

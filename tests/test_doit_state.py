@@ -67,10 +67,31 @@ def test_a_torn_state_file_is_rebuilt_with_a_warning(tmp_path: Path) -> None:
 
 def test_an_unchanged_run_does_not_rewrite_the_state(tmp_path: Path) -> None:
     config = loadcheck_config(tmp_path)
-    assert run_doit(config, "secrets").returncode == 0
+    commands = (["new_cluster"], ["secrets"], ["show"], ["status"])
+    for args in commands:
+        assert run_doit(config, *args).returncode == 0
     state = next((tmp_path / "build").iterdir()) / "doit-state.json"
     before = state.stat()
-    assert run_doit(config, "secrets").returncode == 0
-    after = state.stat()
-    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    # show and status run every time (doit saves their values again): same values, same file.
+    for args in commands:
+        assert run_doit(config, *args).returncode == 0
+        after = state.stat()
+        assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns), args
     assert os.access(state, os.R_OK)
+
+
+def test_torn_records_or_a_lost_key_cost_a_recheck_never_a_refusal(tmp_path: Path) -> None:
+    config = loadcheck_config(tmp_path)
+    assert run_doit(config, "secrets").returncode == 0
+    root = next((tmp_path / "build").iterdir())
+    pki = {p: p.read_bytes() for p in (root / "pki").rglob("*") if p.is_file()}
+    for damage in ("torn-records", "lost-key", "both"):
+        if damage in ("torn-records", "both"):
+            (root / "written.json").write_text('{"format": 1, "fil')
+        if damage in ("lost-key", "both"):
+            (root / "digest.key").unlink(missing_ok=True)
+        again = run_doit(config, "secrets")
+        assert again.returncode == 0 and "Traceback" not in again.stderr, again.stdout + again.stderr
+        assert {p: p.read_bytes() for p in pki} == pki  # the PKI was neither refused nor remade
+        quiet = run_doit(config, "-v", "2", "secrets")
+        assert "-- secrets" in quiet.stdout and "-- pki" in quiet.stdout, quiet.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -48,6 +49,12 @@ def test_doit_graph_draws_every_task_of_the_config(tmp_path: Path) -> None:
     again = run_doit(config, "graph")
     assert again.returncode == 0 and "+ dot" not in again.stderr
     assert svg.read_bytes() == before
+    # A drawing changed since (its mtime put back) is drawn again, not kept.
+    stamp = svg.stat()
+    svg.write_bytes(before.replace(b"<svg", b"<svg data-edited='1'", 1))
+    os.utime(svg, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    redrawn = run_doit(config, "graph")
+    assert redrawn.returncode == 0 and svg.read_bytes() == before, redrawn.stderr
 
 
 def creators() -> dict[str, Any]:

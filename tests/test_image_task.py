@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 from support.gpg_keys import Keys, agent_running, write_key
@@ -33,6 +35,17 @@ def test_doit_image_downloads_once(tmp_path: Path, site: Site, keys: Keys) -> No
     assert second.returncode == 0, second.stdout
     assert "-- image" in second.stdout  # doit's mark for an up-to-date task
     assert site.behaviour.requests == []
+
+    # A manifest edited since it was written (its mtime put back; an edit the image check itself
+    # does not read) or made writable for everyone is written again, never left so.
+    path = image_manifest_path(c.build_dir)
+    whole, before = path.read_text(), path.stat()
+    for change in (lambda: path.write_text(whole.replace("{", '{"note": "edited",', 1)), lambda: path.chmod(0o666)):
+        change()
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        third = run_doit(c.source, "image", merged=True)
+        assert third.returncode == 0 and ".  image" in third.stdout, third.stdout
+        assert path.read_text() == whole and stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_doit_image_failure_is_a_clean_message(tmp_path: Path, site: Site, keys: Keys) -> None:

@@ -66,10 +66,18 @@ def test_what_a_proof_does_not_cover_goes_to_doit(tmp_path: Path) -> None:
     out, replayed = doit(config, "new_cluster")
     assert not replayed and executed(out) == {"translate:node4-worker"}, out
     settled()
-    # A chmod, a changed folder mode, a forgotten state, an edited config.
+    # A chmod, a changed folder mode (the write records' checks put both back: tasks/written.py),
+    # a forgotten state, an edited config.
     os.chmod(ign, 0o640)
+    out, replayed = doit(config, "new_cluster")
+    assert not replayed and executed(out) == {"translate:node4-worker"}, out
     settled()
     os.chmod(paths.ign, 0o750)
+    checked_all = {f"translate:{p.stem}" for p in paths.ign.glob("*.ign")}
+    out, replayed = doit(config, "new_cluster")
+    # The first translation to run puts its folder's mode back; the others then find it intact.
+    assert not replayed and len(executed(out)) == 1 and executed(out) <= checked_all, out
+    assert paths.ign.stat().st_mode & 0o777 == 0o700
     settled()
     ok(run_doit(config, "forget", "render:node1-cp"))
     out, replayed = doit(config, "new_cluster")
@@ -105,7 +113,10 @@ def test_a_proof_anyone_else_could_write_is_ignored(tmp_path: Path) -> None:
 def test_a_failed_run_leaves_no_proof(tmp_path: Path) -> None:
     config, paths = built(tmp_path)
     doit(config, "new_cluster")
-    (paths.butane_file("node4-worker")).write_text("variant: flatcar\nversion: 9.9.9\n")
+    # An edited output is rewritten (tasks/written.py); one that cannot be is a failure.
+    ign = paths.ign_file("node4-worker")
+    ign.unlink()
+    (ign / "in-the-way").mkdir(parents=True)
     failed = run_doit(config, "new_cluster")
     assert failed.returncode != 0
     assert proofs_of(config) == []
@@ -137,3 +148,19 @@ def test_a_task_that_always_runs_does_not_rewrite_the_state(tmp_path: Path) -> N
     ok(run_doit(config, "-v", "2", "show"))  # another command line: doit runs it, no proof used
     after = paths.state_db.stat()
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_a_tampered_output_is_caught_despite_a_proof(tmp_path: Path) -> None:
+    config, paths = built(tmp_path)
+    doit(config, "new_cluster")
+    assert doit(config, "new_cluster")[1]
+    [proof] = [json.loads(p.read_text()) for p in proofs_of(config)]
+    # targets_intact reads the write records: they are part of the proof (tasks/stages/base.py).
+    assert str(paths.written) in dict(proof["files"])
+    ign = paths.ign_file("node4-worker")
+    before, st = ign.read_bytes(), ign.stat()
+    ign.write_bytes(before.replace(b"{", b"[", 1))  # same size, mtime put back
+    os.utime(ign, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out, replayed = doit(config, "new_cluster")
+    assert not replayed and executed(out) == {"translate:node4-worker"}, out
+    assert ign.read_bytes() == before

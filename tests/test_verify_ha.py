@@ -5,19 +5,27 @@ The whole command runs against the real keepalived, haproxy and etcd in tests/te
 
 from __future__ import annotations
 
+import base64
 import datetime
+import ssl
+import tempfile
 from pathlib import Path
 
+import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from support.configs import project_cluster
 from support.pki import make_pki
 from tasks.kube.etcd import CLIENT_COMMON_NAME, Member, MemberHealth, host_client, quorum
-from tasks.kube.ha import Answer, HaState, arp_entry
+from tasks.kube.ha import Answer, HaState, arp_entry, tls_context
+from tasks.kube.kubeconfig import admin_entries
 from tasks.paths import Build
 from tasks.pki.store import rotate_pki
 from tasks.report.ha import can_lose_one, format_ha, loss_problems
+from tasks.written import OK as RECORDED
+from tasks.written import Written
 
 
 def test_the_host_issues_itself_a_short_lived_private_etcd_client_certificate(tmp_path: Path) -> None:
@@ -45,6 +53,33 @@ def test_the_host_issues_itself_a_short_lived_private_etcd_client_certificate(tm
     assert host_client(paths).cert_file.read_bytes() != second
     cert = x509.load_pem_x509_certificate(client.cert_file.read_bytes())
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate((paths.pki / "etcd/ca.crt").read_bytes()))
+
+
+def test_an_etcd_client_key_changed_since_it_was_written_is_reissued(tmp_path: Path) -> None:
+    make_pki(tmp_path, key_algorithm="ecdsa-p256", validity_days=365, cluster_name="t")
+    paths = Build(tmp_path)
+    records = Written(paths)
+    client = host_client(paths, records=records)
+    assert {records.status(f) for f in (client.key_file, client.cert_file)} == {RECORDED}
+    for damage in (b"", b"not a key\n", client.key_file.read_bytes().replace(b"A", b"B", 1)):
+        client.key_file.write_bytes(damage)  # same path, same 0600: only the content differs
+        host_client(paths, records=records)
+        assert client.key_file.read_bytes() != damage and records.status(client.key_file) == RECORDED
+        key = serialization.load_pem_private_key(client.key_file.read_bytes(), None)
+        cert = x509.load_pem_x509_certificate(client.cert_file.read_bytes())
+        assert key.public_key() == cert.public_key()  # a matching pair, not the old certificate
+
+
+def test_the_admin_key_of_the_ha_probes_never_reaches_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_pki(tmp_path, key_algorithm="ecdsa-p256", validity_days=365, cluster_name="t")
+    user = admin_entries(tmp_path / "admin.conf", "admin").user["user"]
+    cert, key = (base64.b64decode(user[k]) for k in ("client-certificate-data", "client-key-data"))
+    spot = tmp_path / "tmp"
+    spot.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spot))  # where a temporary copy would go
+    with tls_context(tmp_path / "pki" / "ca.crt", cert, key) as tls:
+        assert isinstance(tls, ssl.SSLContext)
+        assert list(spot.iterdir()) == []  # a killed verify_ha would leave nothing behind
 
 
 def test_quorum() -> None:

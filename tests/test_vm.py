@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 
 from support.libvirtd import LOCAL, Libvirt, virsh
+from support.pipeline import as_if_written
 from support.vm_clusters import (
     IMAGES_ROOT,
     MakeCluster,
@@ -22,6 +23,7 @@ from support.vm_clusters import (
     unique_name,
 )
 from tasks.libvirt.domain import FWCFG_NAME, VmInputs, disk_file, fwcfg_file
+from tasks.paths import Build
 
 
 def test_ha_creates_reruns_recreates_and_removes(make_cluster: MakeCluster) -> None:
@@ -46,6 +48,7 @@ def test_ha_creates_reruns_recreates_and_removes(make_cluster: MakeCluster) -> N
     ign.setdefault("storage", {}).setdefault("files", []).append(
         {"path": "/etc/flatcar-ha-test", "contents": {"source": "data:,changed"}, "mode": 420})
     tc.ign("cp2").write_text(json.dumps(ign))
+    as_if_written(tc.ign("cp2"), Build(tc.c.build_dir))
     refused = tc.doit_fails("ha")
     assert "node cp2: its Ignition changed" in refused
     assert "doit recreate=cp2 vm:cp2" in refused

@@ -129,24 +129,22 @@ def write_bundle(c: Cluster, out: Path, policy: DownloadPolicy = DEFAULT_POLICY,
         files.append((paths, cached_artifact(c.flatcar.cache_dir, entry, policy)))
         blobs.update(extra)
         say(f"  {w.name} {entry.version}: checked against the lock ({entry.sha256[:16]}...)")
-    part = out.with_name(out.name + ".part")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(part, "w") as tar:
-            for arcname, data in sorted(blobs.items()):
-                info = tarfile.TarInfo(f"{ROOT}/{arcname}")
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-            for paths, source in files:
-                first = f"{ROOT}/{paths[0]}"
-                tar.add(source, arcname=first, recursive=False, filter=_plain)
-                for other in paths[1:]:
-                    link = tarfile.TarInfo(f"{ROOT}/{other}")
-                    link.type, link.linkname, link.mode = tarfile.LNKTYPE, first, 0o644
-                    tar.addfile(link)
-        os.replace(part, out)
-    finally:
-        part.unlink(missing_ok=True)
+    from tasks.fsutil import PUBLIC_FILE, atomic_output
+
+    # Streamed into a temporary file beside out and renamed when whole: a killed run leaves no
+    # torn bundle.tar, and its temporary file is swept by the next run (tasks/buildroot.py).
+    with atomic_output(out, PUBLIC_FILE) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+        for arcname, data in sorted(blobs.items()):
+            info = tarfile.TarInfo(f"{ROOT}/{arcname}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for paths, source in files:
+            first = f"{ROOT}/{paths[0]}"
+            tar.add(source, arcname=first, recursive=False, filter=_plain)
+            for other in paths[1:]:
+                link = tarfile.TarInfo(f"{ROOT}/{other}")
+                link.type, link.linkname, link.mode = tarfile.LNKTYPE, first, 0o644
+                tar.addfile(link)
     say(f"{out}: {len(files)} files checked against {lock.name}, Flatcar {image.channel} {image.version}")
     return out
 

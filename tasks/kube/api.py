@@ -215,17 +215,16 @@ def wait_until_ready(
 @contextlib.contextmanager
 def verified_session(target: ApiTarget) -> Iterator[requests.Session]:
     """A session that verifies the server against the cluster CA and presents admin.conf's
-    client certificate, written 0600 in a 0700 temporary folder removed afterwards."""
+    client certificate. TLS wants the key as a file: it lives in memory-only files (memfd) of
+    this process, so a killed run leaves no copy of the key on disk."""
     import requests
 
-    from tasks.fsutil import PRIVATE_FILE, atomic_write, private_tempdir
+    from tasks.fsutil import memory_file
 
-    with private_tempdir(prefix="api-") as tmp, requests.Session() as session:
-        cert, key = tmp / "admin.crt", tmp / "admin.key"
-        atomic_write(cert, target.cert_pem, PRIVATE_FILE)
-        atomic_write(key, target.key_pem, PRIVATE_FILE)
+    with memory_file("admin.crt", target.cert_pem) as cert, memory_file("admin.key", target.key_pem) as key, \
+            requests.Session() as session:
         session.verify = str(target.ca_file)
-        session.cert = (str(cert), str(key))
+        session.cert = (cert, key)
         # An https_proxy in the environment would see the VIP traffic, or refuse it.
         session.trust_env = False
         yield session

@@ -20,10 +20,13 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.errors import PipelineError, ToolError
 from tasks.paths import Build
+
+if TYPE_CHECKING:
+    from tasks.written import Written
 
 CLIENT_PORT = 2379  # kubeadm's etcd client port on every control plane
 CLIENT_VALIDITY_DAYS = 1
@@ -132,21 +135,28 @@ def _reason(proc: subprocess.CompletedProcess[bytes]) -> str:
     return text[-1][:300] if text else f"exit code {proc.returncode}"
 
 
-def host_client(paths: Build, *, now: datetime.datetime | None = None) -> EtcdClient:
-    """The host's etcd client: its certificate reused while valid, else issued anew (0600)."""
+def host_client(paths: Build, *, now: datetime.datetime | None = None,
+                records: Written | None = None) -> EtcdClient:
+    """The host's etcd client: its certificate reused while valid, else issued anew (0600).
+
+    With the cluster's write records (a run's context), the pair is written through them and
+    reused only while both files are exactly what was written (a swapped key is reissued)."""
     from tasks.fsutil import PRIVATE_FILE, atomic_write, ensure_private_dir
     from tasks.pki import issue_certificate
+    from tasks.written import OK
 
     ca_cert, ca_key = paths.pki / "etcd" / "ca.crt", paths.pki / "etcd" / "ca.key"
     if not (ca_cert.is_file() and ca_key.is_file()):
         raise EtcdError(f"{ca_cert} or its key does not exist", "generate the cluster PKI first: doit pki")
     folder = ensure_private_dir(client_dir(paths))
     client = EtcdClient(ca_cert, folder / "client.crt", folder / "client.key")
-    if not _still_good(client, now or datetime.datetime.now(datetime.UTC)):
+    intact = records is None or all(records.status(f) == OK for f in (client.key_file, client.cert_file))
+    if not (intact and _still_good(client, now or datetime.datetime.now(datetime.UTC))):
         cert, key = issue_certificate(paths.pki, ca="etcd/ca", common_name=CLIENT_COMMON_NAME, client=True,
                                       validity_days=CLIENT_VALIDITY_DAYS)
-        atomic_write(client.key_file, key, PRIVATE_FILE)
-        atomic_write(client.cert_file, cert, PRIVATE_FILE)
+        write = records.write if records is not None else atomic_write
+        write(client.key_file, key, PRIVATE_FILE)
+        write(client.cert_file, cert, PRIVATE_FILE)
     return client
 
 

@@ -62,16 +62,14 @@ class HaState:
 
 @contextmanager
 def tls_context(ca_file: Path, cert_pem: bytes, key_pem: bytes) -> Iterator[ssl.SSLContext]:
-    """Verify servers against ca_file; present the client certificate (0600 files, removed after)."""
-    from tasks.fsutil import PRIVATE_FILE, atomic_write, private_tempdir
+    """Verify servers against ca_file; present the client certificate. ssl wants the key as a file:
+    an in-memory one (a killed run leaves no copy of the admin key in a temporary folder)."""
+    from tasks.fsutil import memory_file
 
-    with private_tempdir(prefix="ha-") as tmp:
-        cert, key = tmp / "client.crt", tmp / "client.key"
-        atomic_write(cert, cert_pem, PRIVATE_FILE)
-        atomic_write(key, key_pem, PRIVATE_FILE)
+    with memory_file("client.crt", cert_pem) as cert, memory_file("client.key", key_pem) as key:
         context = ssl.create_default_context(cafile=str(ca_file))
-        context.load_cert_chain(str(cert), str(key))
-        yield context
+        context.load_cert_chain(cert, key)
+    yield context
 
 
 def ask(context: ssl.SSLContext, host: str, port: int, path: str = "/readyz",

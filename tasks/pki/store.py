@@ -8,7 +8,6 @@ renamed into place, so an interrupted run leaves the old set or the new one, nev
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import re
@@ -16,12 +15,12 @@ import secrets
 import shutil
 import string
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tasks.errors import PkiError
 from tasks.facts import TOKEN, TOKEN_TEXT
-from tasks.fsutil import PRIVATE_DIR, ensure_private_dir, write_if_changed
+from tasks.fsutil import ensure_private_dir, make_dirs, write_if_changed
 from tasks.pki import crypto as pki_crypto
 from tasks.pki.layout import (
     CA_FILES,
@@ -32,6 +31,7 @@ from tasks.pki.layout import (
     archive_root,
     file_mode,
 )
+from tasks.pki.rotation import archive_dir, archive_pki, install, write_journal
 
 AUTH_RE = re.compile(rf"[A-Za-z0-9]{{{KEEPALIVED_AUTH_LENGTH}}}")
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
@@ -101,18 +101,10 @@ def existing_ca_files(pki_dir: Path) -> list[str]:
     return [name for name in CA_FILES if (pki_dir / name).exists()]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _staged_set(pki_dir: Path, key_algorithm: str, validity_days: int, cluster_name: str) -> Iterator[Path]:
     """A complete new set in a 0700 temporary sibling of pki_dir, removed unless moved away."""
-    pki_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(pki_dir.parent)
     staged = Path(tempfile.mkdtemp(dir=pki_dir.parent, prefix=f".{pki_dir.name}.new-"))
     try:
         primary = primary_files(key_algorithm, validity_days)
@@ -121,33 +113,6 @@ def _staged_set(pki_dir: Path, key_algorithm: str, validity_days: int, cluster_n
         yield staged
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-
-
-def _install(staged: Path, pki_dir: Path) -> None:
-    with contextlib.suppress(FileNotFoundError, OSError):
-        pki_dir.rmdir()  # an empty directory is in the way of the rename, a full one is archived first
-    os.rename(staged, pki_dir)
-    os.chmod(pki_dir, PRIVATE_DIR)
-    _fsync_dir(pki_dir.parent)
-
-
-def _timestamp_dir(root: Path, suffix: str = "") -> Path:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ") + suffix
-    candidate, n = root / stamp, 1
-    while candidate.exists():
-        candidate, n = root / f"{stamp}-{n}", n + 1
-    return candidate
-
-
-def archive_pki(pki_dir: Path, extra: Sequence[Path] = (), *, suffix: str = "") -> Path:
-    """Move pki_dir (and extra files such as admin.conf) to <pki_dir>-archive/<UTC time>/."""
-    dest = _timestamp_dir(ensure_private_dir(archive_root(pki_dir)), suffix)
-    os.rename(pki_dir, dest)
-    for path in extra:
-        if path.exists():
-            os.rename(path, dest / path.name)
-    _fsync_dir(dest.parent)
-    return dest
 
 
 def generate_pki(pki_dir: Path, *, key_algorithm: str, validity_days: int, cluster_name: str) -> None:
@@ -163,21 +128,28 @@ def generate_pki(pki_dir: Path, *, key_algorithm: str, validity_days: int, clust
         if pki_dir.exists() and any(pki_dir.iterdir()):
             # Leftovers without any CA (say, a lone token): keep them, but out of the way.
             archive_pki(pki_dir, suffix="-incomplete")
-        _install(staged, pki_dir)
+        install(staged, pki_dir)
 
 
 def rotate_pki(
-    pki_dir: Path, *, key_algorithm: str, validity_days: int, cluster_name: str, extra: Sequence[Path] = ()
+    pki_dir: Path, *, key_algorithm: str, validity_days: int, cluster_name: str, extra: Sequence[Path] = (),
+    journal: Path | None = None,
 ) -> Path | None:
     """Archive the current set (and extra files) and install a new one; return the archive.
 
-    The new set is complete on disk before the old one moves, so only the two renames
-    lie between "old set" and "new set".
+    The new set is complete on disk before the old one moves, so only the renames lie between
+    "old set" and "new set"; with a journal, a kill between them is undone or finished by the
+    next run (tasks/pki/rotation.py), which also means the caller removes the journal
+    (finish_rotation) once everything that belongs to the new set is written.
     """
     with _staged_set(pki_dir, key_algorithm, validity_days, cluster_name) as staged:
-        archived = archive_pki(pki_dir, extra) if pki_dir.exists() else None
-        _install(staged, pki_dir)
-    return archived
+        dest = archive_dir(pki_dir) if pki_dir.exists() else None
+        if journal is not None:
+            write_journal(journal, staged, dest, extra)
+        if dest is not None:
+            archive_pki(pki_dir, extra, dest=dest)
+        install(staged, pki_dir)
+    return dest
 
 
 def load_primary(pki_dir: Path, rotate_command: str) -> dict[str, bytes]:
@@ -206,6 +178,30 @@ def check_primary(primary: Mapping[str, bytes], pki_dir: Path) -> None:
             raise PkiError(
                 f"{pki_dir / name} does not hold {what}", "restore it from a backup or rotate the PKI"
             )
+
+
+def check_record(pki_dir: Path, status: Callable[[Path], str], rotate_command: str) -> None:
+    """Refuse a PKI that is not the set the pipeline made (status: tasks/written.py's Written.status).
+
+    A primary file that was recorded and is now missing or has other content is never replaced by
+    a new one, nor used: nodes may trust the set the pipeline made.
+    """
+    from tasks.written import CHANGED, MISSING
+
+    found = {name: status(pki_dir / name) for name in PRIMARY_FILES}
+    missing = [name for name, state in found.items() if state == MISSING]
+    changed = [name for name, state in found.items() if state == CHANGED]
+    if not (missing or changed):
+        return
+    archive = archive_root(pki_dir)
+    earlier = f" (earlier, rotated sets are in {archive}/)" if archive.is_dir() else ""
+    hint = (f"restore the files flatcar-ha made from a backup{earlier}, or replace the whole set deliberately "
+            f"with `{rotate_command}` (then re-create every node)")
+    if missing:
+        raise PkiError(f"{pki_dir}: {', '.join(missing)} missing from the PKI flatcar-ha made for this cluster; "
+                       "nodes may trust it, so no new CA is made in its place", hint)
+    raise PkiError(f"{pki_dir}: {', '.join(changed)} changed since flatcar-ha made it (its content, whatever "
+                   "its time); a changed PKI file is neither used nor replaced", hint)
 
 
 def ensure_pki(

@@ -9,7 +9,7 @@ Ownership comes from the domains' metadata (tasks/libvirt/inventory.py), never f
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,21 +78,30 @@ def host_leftovers(c: Cluster, uri: str, configured_here: frozenset[str], activa
     return plan
 
 
-def file_leftovers(c: Cluster, paths: Build) -> list[Leftover]:
-    """Rendered Butane and Ignition files of nodes that are not in the config at all."""
+def file_leftovers(c: Cluster, paths: Build, owned: Callable[[Path], bool]) -> Plan:
+    """Rendered Butane and Ignition files of nodes that are not in the config at all.
+
+    Only files the pipeline wrote and nobody changed since (owned: tasks/written.py) are listed
+    for removal; any other file of such a name is named in a note and left alone.
+    """
     configured = {n.name for n in c.nodes}
-    found: list[Leftover] = []
+    plan = Plan()
     # Layer files have '_' in their names ("00_base-k8s", "extra_x") and a node name never does,
     # so a file named like a DNS label is a node's.
     for folder, suffix in ((paths.butane, ".yaml"), (paths.ign, ".ign")):
         for path in sorted(folder.glob(f"*{suffix}")) if folder.is_dir() else []:
             stem = path.name.removesuffix(suffix)
-            if re.fullmatch(DNS_LABEL, stem) and stem not in configured:
-                found.append(Leftover(FILE, stem, str(paths.root), str(path)))
-    return found
+            if not re.fullmatch(DNS_LABEL, stem) or stem in configured:
+                continue
+            if owned(path):
+                plan.leftovers.append(Leftover(FILE, stem, str(paths.root), str(path)))
+            else:
+                plan.notes.append(f"left alone: {path} (not written by flatcar-ha, or changed since)")
+    return plan
 
 
-def plan_prune(c: Cluster, paths: Build, extra_uris: Sequence[str] = (), activate: bool = False) -> Plan:
+def plan_prune(c: Cluster, paths: Build, extra_uris: Sequence[str] = (), activate: bool = False,
+               owned: Callable[[Path], bool] = lambda _: False) -> Plan:
     """Everything of the cluster no configured node owns, on its hypervisors and extra_uris."""
     plan = Plan()
     for hv in hypervisors(c, extra_uris):
@@ -103,7 +112,9 @@ def plan_prune(c: Cluster, paths: Build, extra_uris: Sequence[str] = (), activat
     configured = {n.name for n in c.nodes}
     # A node moved to another hypervisor keeps its name in Kubernetes: no drain advice for it.
     plan.gone = {node: d for node, d in plan.gone.items() if node not in configured}
-    plan.leftovers += file_leftovers(c, paths)
+    files = file_leftovers(c, paths, owned)
+    plan.leftovers += files.leftovers
+    plan.notes += files.notes
     return plan
 
 
@@ -156,8 +167,10 @@ def describe_plan(c: Cluster, plan: Plan) -> list[str]:
     return lines + plan.notes
 
 
-def remove_leftovers(plan: Plan) -> int:
-    """Remove the plan's items (VMs first, their disks next, files last); return how many."""
+def remove_leftovers(plan: Plan, removed_file: Callable[[Path], None] = lambda _: None) -> int:
+    """Remove the plan's items (VMs first, their disks next, files last); return how many.
+
+    removed_file is told each file removed (to forget its write record)."""
     order = {VM: 0, POOL: 1, VOLUME: 1, FILE: 2}
     for item in sorted(plan.leftovers, key=lambda i: order[i.kind]):
         if item.kind == VM:
@@ -169,4 +182,5 @@ def remove_leftovers(plan: Plan) -> int:
             delete_volume(item.where, pool, volume)
         else:
             Path(item.name).unlink(missing_ok=True)
+            removed_file(Path(item.name))
     return len(plan.leftovers)

@@ -9,6 +9,7 @@ own folder, as `butane -d <its folder>` would.
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,9 +56,22 @@ def units(c: Cluster, paths: Build, planned: Iterable[Output] | None = None) -> 
     return extras + result
 
 
-def is_private(path: Path) -> bool:
+def is_private(path: Path | str) -> bool:
     """True unless everyone may read the file: such inputs make the output a secret too."""
-    return not (path.stat().st_mode & stat.S_IROTH)
+    return not (os.stat(path).st_mode & stat.S_IROTH)
+
+
+def unit_inputs(unit: Unit, paths: Build) -> list[Path]:
+    """What a translation reads: its Butane file and every file it merges or embeds."""
+    return [paths.butane_file(unit.name), *(unit.files_dir / ref for ref in unit.refs)]
+
+
+def output_mode(inputs: Iterable[Path | str]) -> int:
+    """Secret in, secret out: 0600 when any input is private (a user's private layer or file, a
+    key), else 0644. Raises OSError for a missing input."""
+    from tasks.fsutil import PRIVATE_FILE, PUBLIC_FILE
+
+    return PRIVATE_FILE if any(is_private(p) for p in inputs) else PUBLIC_FILE
 
 
 def translate_bytes(source: Path, files_dir: Path, backend: str, container_image: str) -> bytes:

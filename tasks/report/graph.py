@@ -83,7 +83,9 @@ def to_dot(graph: Graph, title: str) -> str:
 
 
 def render(dot_file: Path, outputs: Iterable[Path]) -> None:
+    """Each output drawn by Graphviz, written atomically 0644 (not left to dot and the umask)."""
+    from tasks.fsutil import PUBLIC_FILE, atomic_write
     from tasks.run import run
 
     for out in outputs:
-        run(["dot", f"-T{out.suffix.lstrip('.')}", "-o", out, dot_file])
+        atomic_write(out, run(["dot", f"-T{out.suffix.lstrip('.')}", dot_file]).stdout, PUBLIC_FILE)

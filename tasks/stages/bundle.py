@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.stages.base import Context, action, context
+from tasks.stages.base import Context, action, context, targets_intact
 from tasks.stages.creators import inputs_when_checked
 
 
 @action
 def write_bundle(ctx: Context) -> None:
     from tasks.artifacts.bundle import write_bundle as write
+    from tasks.fsutil import PUBLIC_FILE
 
     write(ctx.cluster, ctx.paths.bundle)
+    # Recorded like every output: an archive edited or replaced since is made again, not shipped.
+    ctx.written.record(ctx.paths.bundle, PUBLIC_FILE)
 
 
 def _inputs() -> str:
@@ -35,6 +38,6 @@ def task_bundle() -> dict[str, Any]:
         "actions": [write_bundle],
         "task_dep": ["lock", "image"],
         "targets": [str(context().paths.bundle)],
-        "uptodate": [inputs_when_checked(_inputs)],
+        "uptodate": [inputs_when_checked(_inputs), targets_intact],
         "verbosity": 2,
     }

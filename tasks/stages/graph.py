@@ -38,16 +38,20 @@ def load_task_infos(namespace: dict[str, Any]) -> list[TaskInfo]:
 
 @action
 def write_graph(ctx: Context, namespace: Mapping[str, Any]) -> None:
-    from tasks.fsutil import PUBLIC_FILE, write_if_changed
+    from tasks.fsutil import PUBLIC_FILE
     from tasks.report.graph import graph_of_tasks, render, to_dot
+    from tasks.written import OK
 
     c, root = ctx.cluster, ctx.paths.root
     dot_file, outputs = root / "graph.dot", [root / "graph.svg", root / "graph.png"]
     graph = graph_of_tasks(load_task_infos(dict(namespace)))
     text = to_dot(graph, f"flatcar-ha tasks of cluster {c.name} ({c.source})")
-    # The task set changes only with the code or config: skip dot when nothing did.
-    if write_if_changed(dot_file, text, PUBLIC_FILE) or not all(p.exists() for p in outputs):
+    # The task set changes only with the code or config: skip dot when nothing did and the
+    # drawings are the ones written (recorded: an edited or replaced drawing is drawn again).
+    if ctx.written.write(dot_file, text, PUBLIC_FILE) or not all(ctx.written.status(p) == OK for p in outputs):
         render(dot_file, outputs)
+        for out in outputs:
+            ctx.written.record(out, PUBLIC_FILE)
     print(f"{len(graph.tasks)} tasks, {len(graph.edges)} edges: " + ", ".join(str(p) for p in outputs))
 
 

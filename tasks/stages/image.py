@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.config import fingerprint
-from tasks.stages.base import Context, action, context
+from tasks.stages.base import Context, action, context, targets_intact
 from tasks.stages.creators import inputs_changed
 
 
@@ -19,9 +19,13 @@ def check_signing_key(ctx: Context) -> None:
 @action
 def obtain_image(ctx: Context) -> None:
     from tasks.flatcar.image import ensure_image
+    from tasks.fsutil import PUBLIC_FILE
 
     # The manifest is on disk for the steps after; doit wants None/True/dict from an action.
     ensure_image(ctx.cluster)
+    # Recorded like every output: a manifest edited since (another path or sha256 for the
+    # overlays to trust) makes the task run again and write it from the verified image.
+    ctx.written.record(ctx.paths.image_manifest, PUBLIC_FILE)
 
 
 def image_is_current() -> bool:
@@ -46,6 +50,6 @@ def task_image() -> dict[str, Any]:
         "actions": [obtain_image],
         "targets": [str(ctx.paths.image_manifest)],
         # The config part first (cheap); then whether the verified file is still the one recorded.
-        "uptodate": [inputs_changed(fingerprint(ctx.cluster.flatcar)), image_is_current],
+        "uptodate": [inputs_changed(fingerprint(ctx.cluster.flatcar)), targets_intact, image_is_current],
         "verbosity": 2,
     }

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks.stages.base import Context, action, context, user_cwd
+from tasks.stages.base import Context, context, read_action, user_cwd
 
 
-@action
+@read_action
 def write_kubeconfig(ctx: Context, out: str, use: bool) -> None:
     from tasks.kube.kubeconfig import admin_entries, kubeconfig_target, merge_into
 

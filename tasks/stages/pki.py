@@ -10,7 +10,7 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.pki import PKI_FILES, pki_settings
-from tasks.stages.base import Context, action, config_path, context
+from tasks.stages.base import Context, action, config_path, context, targets_intact
 from tasks.stages.creators import inputs_changed
 from tasks.stages.replay import replayable
 
@@ -27,40 +27,53 @@ def make_pki(ctx: Context) -> dict[str, Any]:
     from tasks.pki import server_url
     from tasks.pki.crypto import generate_key
     from tasks.pki.kubeconfig import RENEW_BEFORE, admin_not_after, ensure_admin_conf
-    from tasks.pki.store import ensure_pki
+    from tasks.pki.layout import DERIVED_FILES
+    from tasks.pki.rotation import record_pki
+    from tasks.pki.store import check_record, ensure_pki
+    from tasks.written import CHANGED
 
     c, paths = ctx.cluster, ctx.paths
+    # Never a new CA for a set that was deleted, nor use of one that was edited or replaced.
+    check_record(paths.pki, ctx.written.status, rotate_hint())
+    for name in DERIVED_FILES:  # rewritten from the primary files below
+        if ctx.written.status(paths.pki / name) == CHANGED:
+            print(f"WARNING: {paths.pki / name} was changed since flatcar-ha wrote it: rewritten")
+    if ctx.written.status(paths.admin_conf) == CHANGED:
+        print(f"WARNING: {paths.admin_conf} was changed since flatcar-ha wrote it: issued again")
+        paths.admin_conf.unlink()
     with ThreadPoolExecutor(max_workers=1) as pool:
         # A first run also needs admin.conf's client key: make it while the CAs are made.
         admin_key = pool.submit(generate_key, c.kubernetes.key_algorithm) if not paths.admin_conf.exists() else None
-        written = ensure_pki(paths.pki, **pki_settings(c), rotate_command=rotate_hint())
+        wrote = ensure_pki(paths.pki, **pki_settings(c), rotate_command=rotate_hint())
         if ensure_admin_conf(
             paths.pki, paths.admin_conf, cluster_name=c.name, server=server_url(c),
             new_key=admin_key.result if admin_key else None,
         ):
-            written.append(str(paths.admin_conf))
+            wrote.append(str(paths.admin_conf))
+    record_pki(paths, ctx.written)
     # Names only: the files hold secrets.
-    if written:
-        print(f"PKI {paths.pki} ({c.kubernetes.key_algorithm}): wrote {', '.join(written)}")
+    if wrote:
+        print(f"PKI {paths.pki} ({c.kubernetes.key_algorithm}): wrote {', '.join(wrote)}")
     else:
         print(f"PKI {paths.pki} ({c.kubernetes.key_algorithm}): up to date, nothing written")
-    # Saved by doit for admin_conf_fresh, so an up-to-date run needs no X.509 parsing.
-    return {
-        "admin_renew_after": (admin_not_after(paths.admin_conf) - RENEW_BEFORE).isoformat(),
-        "admin_conf_mtime_ns": paths.admin_conf.stat().st_mtime_ns,
-        "ca_mtime_ns": (paths.pki / "ca.crt").stat().st_mtime_ns,
-    }
+    # Saved by doit for admin_cert_current, so an up-to-date run needs no X.509 parsing.
+    return {"admin_renew_after": (admin_not_after(paths.admin_conf) - RENEW_BEFORE).isoformat()}
 
 
 @action
 def rotate_pki(ctx: Context) -> None:
     from tasks.pki import server_url
     from tasks.pki.kubeconfig import write_admin_conf
+    from tasks.pki.rotation import finish_rotation, record_pki
     from tasks.pki.store import rotate_pki as rotate
 
     c, paths = ctx.cluster, ctx.paths
-    archived = rotate(paths.pki, **pki_settings(c), extra=[paths.admin_conf])
+    # Journaled: a kill from here on is undone or finished by the next run (tasks/pki/rotation.py).
+    archived = rotate(paths.pki, **pki_settings(c), extra=[paths.admin_conf], journal=paths.rotation_journal)
     write_admin_conf(paths.pki, paths.admin_conf, cluster_name=c.name, server=server_url(c))
+    record_pki(paths, ctx.written)
+    ctx.written.flush()
+    finish_rotation(paths.rotation_journal)
     print(f"new PKI in {paths.pki}" + (f"; the old set is in {archived}" if archived else ""))
     print("Every node must be re-created: its Ignition embeds the old CAs and token (doit rm_ha ha).")
 
@@ -72,22 +85,17 @@ def _renewal_due(values: dict[str, Any]) -> float:
 
 
 @replayable(deadline=_renewal_due)
-def admin_conf_fresh(task: Any, values: dict[str, Any]) -> bool:
-    """doit up-to-date check: admin.conf and ca.crt are the files the last run checked, and the
-    client certificate is not yet due for renewal. Cheap on purpose: it runs on every no-op build,
-    and the action itself re-checks the certificate chain whenever it runs."""
+def admin_cert_current(task: Any, values: dict[str, Any]) -> bool:
+    """doit up-to-date check: the admin client certificate is not yet due for renewal. Cheap on
+    purpose (no X.509 parsing on a no-op run); that the files are the ones the pipeline wrote is
+    targets_intact's part, and the action re-checks the certificate chain whenever it runs."""
     import datetime
 
-    paths = context().paths
     try:
         renew_after = datetime.datetime.fromisoformat(values["admin_renew_after"])
-        same_files = (
-            paths.admin_conf.stat().st_mtime_ns == values["admin_conf_mtime_ns"]
-            and (paths.pki / "ca.crt").stat().st_mtime_ns == values["ca_mtime_ns"]
-        )
-    except (KeyError, TypeError, ValueError, OSError):
+    except (KeyError, TypeError, ValueError):
         return False
-    return same_files and datetime.datetime.now(datetime.UTC) < renew_after
+    return datetime.datetime.now(datetime.UTC) < renew_after
 
 
 def task_pki() -> dict[str, Any]:
@@ -101,7 +109,8 @@ def task_pki() -> dict[str, Any]:
         # validity) or rewrites only admin.conf (VIP, port): it never regenerates a CA.
         "uptodate": [
             inputs_changed(fingerprint(pki_settings(c), str(c.network.vip), c.network.apiserver_port)),
-            admin_conf_fresh,
+            admin_cert_current,
+            targets_intact,
         ],
         "verbosity": 2,
     }

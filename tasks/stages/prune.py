@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.stages.base import Context, action, config_path
+from tasks.stages.base import Context, config_path, hold_run_lock, read_action
 
 
-@action
+@read_action
 def prune(ctx: Context, yes: bool, uri: list[str]) -> None:
     from tasks.plan.prune import after_removal, describe_plan, drain_advice, plan_prune, remove_leftovers
 
     c, paths = ctx.cluster, ctx.paths
-    plan = plan_prune(c, paths, uri, activate=yes)
+    if yes:
+        hold_run_lock(ctx)  # only the removal waits for another run; the listing never does
+    plan = plan_prune(c, paths, uri, activate=yes, owned=ctx.written.owned)
     print("\n".join(describe_plan(c, plan)))
     if plan.empty:
         return
@@ -28,7 +30,8 @@ def prune(ctx: Context, yes: bool, uri: list[str]) -> None:
             print(line)
         print(f"nothing removed: to remove the above run  doit config={config_path()} prune --yes{extra}")
         return
-    print(f"removed {remove_leftovers(plan)} item(s)")
+    print(f"removed {remove_leftovers(plan, ctx.written.forget)} item(s)")
+    ctx.written.flush()
     for line in after_removal(plan, paths.admin_conf):
         print(line)
 

@@ -2,9 +2,10 @@
 
 A run is proven when it ends without failure and doit found every task up to date from files,
 values and the clock alone: the task's uptodate checks are True, config_changed or marked
-@replayable (a run that executed a task proves nothing: the next one is checked by doit and proves
-itself). A task whose output only depends on the config and the files it names
-(`"meta": {"replay_reads": [...]}`, e.g. `show`) runs every time; its output is kept instead.
+@replayable, the files a marked check reads (the write records) joining the proof (a run that
+executed a task proves nothing: the next one is checked by doit and proves itself). A task whose
+output only depends on the config and the files it names (`"meta": {"replay_reads": [...]}`,
+e.g. `show`) runs every time; its output is kept instead.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from doit.tools import config_changed
 from tasks.stages.replay import LAST_VALUES, command_key, discard, identity, store
 
 
-def _deadline(task: Any) -> float | None:
+def _deadline(task: Any, reads: list[str]) -> float | None:
     """Until when the uptodate checks of a task doit found up to date keep saying so (inf: no
-    clock in them); None when that cannot be proven."""
+    clock in them); None when that cannot be proven. The files the checks read besides the
+    task's own (the write records) are added to reads."""
     until = float("inf")
     for check, args, kwargs in task.uptodate:
         if check is True or check is None or isinstance(check, config_changed):
@@ -30,7 +32,10 @@ def _deadline(task: Any) -> float | None:
             return None
         try:
             until = min(until, float(deadline(values)))
-        except (KeyError, TypeError, ValueError):
+            more = getattr(check, "replay_reads", None)
+            if more is not None:
+                reads += [str(p) for p in more()]
+        except (KeyError, TypeError, ValueError, OSError):
             return None
     return until
 
@@ -74,12 +79,15 @@ class Recorder(ConsoleReporter):  # type: ignore[misc]
             # run prints: after executions doit reports tasks in another order.
             self._broken = True
             return
-        until = _deadline(task)
+        check_reads: list[str] = []
+        until = _deadline(task, check_reads)
         if until is None:
             self._broken = True
             return
         self._until = min(self._until, until)
-        for path in (*task.file_dep, *task.targets):
+        # Identities as the checks saw them: a file that changes before the proof is written
+        # (records refreshed and saved at the end of the run) leaves no proof (replay.store).
+        for path in (*task.file_dep, *task.targets, *check_reads):
             now = identity(path)
             if self._seen.setdefault(path, now) != now:
                 self._broken = True  # two tasks saw the file differently: not a fixed point

@@ -16,7 +16,7 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.paths import Src
-from tasks.stages.base import Context, action, context
+from tasks.stages.base import Context, action, context, mode_follows_inputs, targets_intact
 from tasks.stages.creators import delayed, inputs_when_checked
 
 
@@ -24,7 +24,7 @@ from tasks.stages.creators import delayed, inputs_when_checked
 def write_output(ctx: Context, name: str) -> None:
     import sys
 
-    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
+    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir
     from tasks.plan.layers import BASE
     from tasks.plan.templates import check_references, environment, render_output
 
@@ -38,15 +38,17 @@ def write_output(ctx: Context, name: str) -> None:
     ensure_private_dir(ctx.paths.butane)
     # No secret is ever rendered, so the Butane text itself is public (its folder is not). Synced
     # with the run's other outputs before doit's state records them (tasks/fsutil.py).
-    write_if_changed(ctx.paths.butane_file(name), text, PUBLIC_FILE, durable=False)
+    ctx.written.write(ctx.paths.butane_file(name), text, PUBLIC_FILE, durable=False)
 
 
 @action
 def copy_extra(ctx: Context, source: Path, name: str) -> None:
-    from tasks.fsutil import PUBLIC_FILE, ensure_private_dir, write_if_changed
+    from tasks.fsutil import ensure_private_dir
+    from tasks.plan.translation import output_mode
 
     ensure_private_dir(ctx.paths.butane)
-    write_if_changed(ctx.paths.butane_file(name), source.read_bytes(), PUBLIC_FILE, durable=False)
+    # A user layer only its owner may read stays that way in our copy (and in its Ignition).
+    ctx.written.write(ctx.paths.butane_file(name), source.read_bytes(), output_mode([source]), durable=False)
 
 
 def _context_digest(name: str) -> str:
@@ -70,7 +72,7 @@ def task_render() -> Iterator[dict[str, Any]]:
             # After `doit ha` (or lock) wrote the lock, even in parallel runs; offline, a no-op.
             "task_dep": ["lock"],
             "targets": [str(ctx.paths.butane_file(out.name))],
-            "uptodate": [inputs_when_checked(functools.partial(_context_digest, out.name))],
+            "uptodate": [inputs_when_checked(functools.partial(_context_digest, out.name)), targets_intact],
             "clean": True,
         }
     for source, name in extra_layers(ctx.cluster).items():
@@ -80,5 +82,6 @@ def task_render() -> Iterator[dict[str, Any]]:
             "actions": [(copy_extra, [source, name])],
             "file_dep": [str(source)],
             "targets": [str(ctx.paths.butane_file(name))],
+            "uptodate": [targets_intact, mode_follows_inputs],
             "clean": True,
         }

@@ -6,8 +6,9 @@ checks of our own that only read files and the clock (admin.conf not yet due for
 plain `doit [run] TASK...` ends with every task up to date or successfully run, and no task asks
 anything else (libvirt, the network, "always run"), the Recorder (recorder.py) leaves a proof: the
 identity (inode, size, mtime, ctime, mode) of every file those answers came from - the config
-and the lock beside it (whose pins the render checks read), our code, doit's state file, each
-task's file_dep and targets and the folders holding them - the
+and the lock beside it (whose pins the render checks read), our code, doit's state file, the
+write records and digest key that `targets_intact` reads (so a proof holds only while no output
+is rewritten or re-recorded), each task's file_dep and targets and the folders holding them - the
 earliest time a check expires, and what doit printed. Tasks whose output only depends on the
 config and named files (`doit show`) are proven the same way, with their output.
 
@@ -214,25 +215,45 @@ def answer_list(namespace: dict[str, Any]) -> None:
 LAST_VALUES: dict[str, dict[str, Any]] = {}
 
 Deadline = Callable[[dict[str, Any]], float]
-Check = Callable[[Any, dict[str, Any]], bool]
+Check = Callable[..., bool]
+Reads = Callable[[], Iterable[str]]
+
+def never(values: dict[str, Any]) -> float:
+    """The deadline of a check with no clock in it."""
+    return float("inf")
 
 
-def replayable(deadline: Deadline) -> Callable[[Check], Check]:
-    """Mark a doit uptodate callable `(task, values) -> bool` as one a proof may stand for.
+def replayable(deadline: Deadline = never, reads: Reads | None = None) -> Callable[[Check], Check]:
+    """Mark a doit uptodate callable `(task) -> bool` or `(task, values) -> bool` as one a proof
+    may stand for.
 
-    It must read nothing but the task's file_dep and targets, the values doit saved for the task,
-    the config and its lock (every proof holds both), the command line (a proof's key) and the
-    clock; `deadline(values)` is the epoch second after which its answer may change.
+    It must read nothing but the task's file_dep and targets and their folders, the values doit
+    saved for the task, the config and its lock (every proof holds both), the files `reads()`
+    names (added to the proof with the identity they had when the check ran), the command line
+    (a proof's key) and the clock; `deadline(values)` is the epoch second after which its answer
+    may change.
     """
+    import inspect  # not at import: replay() runs before anything heavier is loaded
+
+    signature = inspect.Signature([
+        inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("values", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    ])
+
     def mark(check: Check) -> Check:
+        takes_values = len(inspect.signature(check).parameters) > 1
+
         @functools.wraps(check)
-        def wrapper(task: Any, values: dict[str, Any]) -> bool:
-            result = check(task, values)
+        def wrapper(task: Any, values: dict[str, Any] | None = None) -> bool:
+            result = check(task, values or {}) if takes_values else check(task)
             if result:
-                LAST_VALUES[task.name] = dict(values)
+                LAST_VALUES[task.name] = dict(values or {})
             return result
 
+        # doit inspects every check's signature on every run: given, not found through __wrapped__.
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
         wrapper.replay_deadline = deadline  # type: ignore[attr-defined]
+        wrapper.replay_reads = reads  # type: ignore[attr-defined]
         return wrapper
 
     return mark

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.stages.base import Context, action, context
+from tasks.stages.base import Context, context, read_action
 
 
-@action
+@read_action
 def print_cluster(ctx: Context) -> None:
     from tasks.report.cluster import describe_cluster
 

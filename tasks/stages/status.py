@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.stages.base import Context, action
+from tasks.stages.base import Context, read_action
 
 
-@action
+@read_action
 def show_status(ctx: Context, no_api: bool, server: str, uri: list[str]) -> None:
     from tasks.report.status import ApiStatus, collect, format_status, probe_api
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.plan.translation import Unit
-from tasks.stages.base import Context, action, context
+from tasks.stages.base import Context, action, context, mode_follows_inputs, targets_intact
 from tasks.stages.creators import delayed, inputs_changed
 
 
@@ -28,8 +28,8 @@ def _units() -> dict[str, Unit]:
 @action
 def translate_unit(ctx: Context, name: str) -> None:
     from tasks.errors import TranslateError
-    from tasks.fsutil import PRIVATE_FILE, PUBLIC_FILE, ensure_private_dir, write_if_changed
-    from tasks.plan.translation import is_private, translate_bytes
+    from tasks.fsutil import ensure_private_dir
+    from tasks.plan.translation import output_mode, translate_bytes, unit_inputs
 
     c, paths = ctx.cluster, ctx.paths
     unit = _units()[name]
@@ -42,17 +42,15 @@ def translate_unit(ctx: Context, name: str) -> None:
         # Point at the user's file, not our copy of it (same text, same line numbers).
         raise TranslateError(str(exc).replace(str(source), str(unit.origin)),
                              f"fix {unit.origin} (butane.extra_layers in {c.source})") from None
-    # Secret in, secret out: a merged child or embedded file that is private keeps this private.
-    private = any(is_private(unit.files_dir / ref) for ref in unit.refs)
     ensure_private_dir(paths.ign)
     # Synced with the other outputs before doit's state records them (tasks/fsutil.py).
-    write_if_changed(paths.ign_file(name), data, PRIVATE_FILE if private else PUBLIC_FILE, durable=False)
+    ctx.written.write(paths.ign_file(name), data, output_mode(unit_inputs(unit, paths)), durable=False)
 
 
 @delayed
 def task_translate() -> Iterator[dict[str, Any]]:
     """Translate each Butane file to Ignition (deps: the files it merges and embeds)."""
-    from tasks.plan.translation import backend_settings, translator_digest
+    from tasks.plan.translation import backend_settings, translator_digest, unit_inputs
 
     ctx = context()
     c, paths = ctx.cluster, ctx.paths
@@ -62,10 +60,10 @@ def task_translate() -> Iterator[dict[str, Any]]:
             "name": unit.name,
             "doc": unit.doc,
             "actions": [(translate_unit, [unit.name])],
-            "file_dep": [str(paths.butane_file(unit.name)), *(str(unit.files_dir / r) for r in unit.refs)],
+            "file_dep": [str(p) for p in unit_inputs(unit, paths)],
             "targets": [str(paths.ign_file(unit.name))],
             # Explicit: render's creator may not have run yet when this one does (both are delayed).
             "task_dep": ["render"],
-            "uptodate": [inputs_changed(backend)],
+            "uptodate": [inputs_changed(backend), targets_intact, mode_follows_inputs],
             "clean": True,
         }

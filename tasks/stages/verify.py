@@ -26,7 +26,7 @@ def verify_ha(ctx: Context) -> None:
     c, paths = ctx.cluster, ctx.paths
     require_etcdctl()
     user = admin_entries(paths.admin_conf, "admin").user["user"]
-    etcd = host_client(paths)
+    etcd = host_client(paths, records=ctx.written)
     cert, key = (base64.b64decode(user[k]) for k in ("client-certificate-data", "client-key-data"))
     with tls_context(paths.pki / "ca.crt", cert, key) as tls:
         state = observe_ha(c, paths, tls, etcd)

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from tasks.kube.api import DEFAULT_INTERVAL_S
-from tasks.stages.base import Context, action, context
+from tasks.stages.base import Context, context, read_action
 
 
-@action
+@read_action
 def wait_for_cluster(ctx: Context, timeout: float, interval: float, server: str) -> None:
     from tasks.kube.api import api_target, wait_until_ready
 

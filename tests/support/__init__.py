@@ -8,7 +8,10 @@ imports another test module: what two tests need goes here.
                   run_script/script_command (scripts/ with this interpreter)
     configs       write_config(where, **overrides): small fast config or the project's; cluster_nodes,
                   project_cluster, add_node/drop_node (line edits as a user makes them)
-    pki           make_pki, apiserver_pki, write_apiserver_cert (the project's own PKI code)
+    pki           make_pki, apiserver_pki, write_apiserver_cert (the project's own PKI code);
+                  assert_whole_set, admin_signed_by (one consistent PKI set and its admin.conf)
+    interrupt     doit killed at its n-th file system change or after a delay (run_killed_at,
+                  trace_steps, start_doit), leftovers of killed runs
     fake_api      Kubernetes API stand-in on 127.0.0.1 with mutual TLS (wait, status)
     site          Flatcar release server on 127.0.0.1 that misbehaves on demand; image_cluster
     bakery        a fake sysext-bakery and Cilium CLI release on that server (SHA256SUMS, redirects)

@@ -113,6 +113,16 @@ def build_ignition(config: Path, *args: str, timeout: float = 600) -> Built:
     return Built(config, cluster, Build(cluster.build_dir))
 
 
+def as_if_written(path: Path, paths: Build) -> None:
+    """Record path as the pipeline's own output, as if a new translation had just written it: a
+    run then uses it instead of restoring the file it wrote (tasks/written.py)."""
+    from tasks.written import Written
+
+    written = Written(paths)
+    written.record(path)
+    written.flush()
+
+
 def script_command(name: str) -> list[str]:
     """argv that runs scripts/<name> with the interpreter running the tests (not the shebang's)."""
     return [sys.executable, str(Src.SCRIPTS / name)]

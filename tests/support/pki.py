@@ -46,3 +46,30 @@ def apiserver_pki(where: Path, name: str = "day2") -> Pki:
     """The project's own PKI: CAs, admin.conf and an apiserver certificate for 127.0.0.1."""
     pki_dir = make_pki(where, key_algorithm="ecdsa-p256", validity_days=30, cluster_name=name)
     return Pki(pki_dir, where / "admin.conf", *write_apiserver_cert(pki_dir, where))
+
+
+def assert_whole_set(pki_dir: Path) -> None:
+    """pki_dir holds every PKI file and each CA key belongs to its certificate (one set, not a mix)."""
+    from tasks.pki import PKI_FILES
+    from tasks.pki.crypto import check_key_pair
+    from tasks.pki.layout import CAS
+
+    missing = [name for name in PKI_FILES if not (pki_dir / name).is_file()]
+    assert not missing, f"{pki_dir} lacks {missing}"
+    for stem, _ in CAS:
+        check_key_pair((pki_dir / f"{stem}.crt").read_bytes(), (pki_dir / f"{stem}.key").read_bytes(), stem)
+
+
+def admin_signed_by(admin_conf: Path, ca_pem: bytes) -> bool:
+    """True when admin.conf embeds ca_pem and its client certificate was issued by that CA."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    from tasks.pki.kubeconfig import admin_conf_credentials
+
+    embedded, cert_pem, _ = admin_conf_credentials(admin_conf)
+    try:
+        x509.load_pem_x509_certificate(cert_pem).verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return embedded == ca_pem
