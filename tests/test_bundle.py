@@ -129,7 +129,8 @@ def test_an_air_gapped_site_builds_from_the_bundle_alone(tmp_path: Path, site: S
         settings = yaml.safe_load((folder / "mirror.yaml").read_text().replace("MIRROR", mirror))
         air = write_config(tmp_path / "air", flatcar={**settings["flatcar"], "signing_key_fingerprint": keys.good,
                                                       "cache_dir": str(tmp_path / "air" / "cache")},
-                           kubernetes={**settings["kubernetes"], "version": "1.36", "crio_version": DROP})
+                           kubernetes={**settings["kubernetes"], "version": "1.36", "crio_version": DROP},
+                           kured=settings["kured"])
         shutil.copy(folder / "t1.lock", lock_path(air))
         ok(run_doit(air, "lock", "image", "new_cluster"))
         relocked = json.loads(lock_path(air).read_text())["artifacts"]

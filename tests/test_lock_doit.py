@@ -63,8 +63,8 @@ def test_every_remote_source_of_every_node_carries_the_locks_hash(tmp_path: Path
     for node in c.nodes:
         sources = remote_sources(json.loads(paths.ign_file(node.name).read_text()))
         expected = {entries["kubernetes"]["url"], entries["crio"]["url"]}
-        if node.is_control_plane:  # every control plane can run the Cilium step (bootstrap)
-            expected.add(entries["cilium_cli"]["url"])
+        if node.is_control_plane:  # every control plane can run the Cilium and Kured steps (bootstrap)
+            expected |= {entries["cilium_cli"]["url"], entries["kured"]["url"]}
         assert {url for url, _ in sources} == expected, node.name
         for url, digest in sources:
             assert digest == pinned[url], (node.name, url)
@@ -82,7 +82,7 @@ def test_the_walk_above_sees_a_missing_hash(tmp_path: Path) -> None:
                        "(`doit lock` pins their sha256 so every node verifies its downloads)"]
     c = load_config(config)
     sources = remote_sources(json.loads(Build(c.build_dir).ign_file("cp1").read_text()))
-    assert len(sources) == 3 and all(digest is None for _, digest in sources)
+    assert len(sources) == 4 and all(digest is None for _, digest in sources)
 
 
 def test_new_cluster_refuses_a_minor_without_a_lock(tmp_path: Path, bakery: Bakery) -> None:
@@ -170,4 +170,4 @@ def test_a_parallel_run_renders_after_the_lock(tmp_path: Path, bakery: Bakery) -
     ok(run_doit(config, "-n", "4", "-P", "thread", "lock", "new_cluster"))
     c = load_config(config)
     sources = remote_sources(json.loads(Build(c.build_dir).ign_file("cp1").read_text()))
-    assert len(sources) == 3 and all(digest is not None for _, digest in sources)
+    assert len(sources) == 4 and all(digest is not None for _, digest in sources)

@@ -23,7 +23,7 @@ from tasks.config import load_config
 CLUSTER = load_config(PROJECT_CONFIG)  # what the rehearsal builds (its build_dir aside)
 VIP = CLUSTER.endpoint
 INIT_NODE, CP2, CP3, WORKER = "node1-cp", "node2-cp", "node3-cp", "node4-worker"
-STEPS = ("kubeadm.service", "cilium-install.service", "coredns-spread.service")
+STEPS = ("kubeadm.service", "cilium-install.service", "coredns-spread.service", "kured-install.service")
 UNITS = ("crio.service", "keepalived.service", "haproxy.service", *STEPS)
 # The units' own numbers (tasks/plan/layers.py): three silent probe rounds before an init.
 PROBE_ROUNDS = 3
@@ -39,8 +39,9 @@ def early(node: str, scenario: Scenario, **options: object) -> pytest.MarkDecora
 
 
 def existing(*ready: str, coredns: tuple[str, ...] | None = None) -> dict[str, object]:
-    """A cluster that exists, Cilium healthy, these control planes Ready and CoreDNS on them."""
-    return {"initialized": True, "cilium_release": True, "cilium_healthy": True,
+    """A cluster that exists, Cilium healthy, these control planes Ready and CoreDNS on them, Kured
+    installed with this configuration."""
+    return {"initialized": True, "cilium_release": True, "cilium_healthy": True, "kured": "current",
             "ready_control_planes": list(ready), "coredns_on": list(coredns if coredns is not None else ready[:2])}
 
 
@@ -82,7 +83,7 @@ def assert_clean_units(node: Node) -> None:
 
 
 def assert_all_done(node: Node, why: str) -> None:
-    assert {"kubeadm.done", "cilium.done", "coredns.done"} <= node.markers(), why
+    assert {"kubeadm.done", "cilium.done", "coredns.done", "kured.done"} <= node.markers(), why
     states = node.units(*STEPS)
     assert all(s.active == "active" for s in states.values()), why
     assert node.cluster().get("cilium_healthy"), why
@@ -112,9 +113,24 @@ def test_init_node_happy_path(rehearsed: Node) -> None:
     assert any(c.verb == "cilium status" and "--wait" in c.argv and c.time > install.time for c in calls), why
     # One control plane Ready: CoreDNS has nowhere to spread yet.
     assert "kubectl rollout" not in verbs(calls), why
+    # Kured once, after Cilium, with the reboot window and the host's /run as its sentinel folder.
+    apply = only(calls, "kubectl apply")
+    assert apply.rc == 0 and apply.time > install.time and apply.unit == "kured-install.service", why
+    assert node.cluster()["kured_applies"] == 1, why
+    assert_kured_configured(node.cluster()["kured_kustomization"])
     assert_member(node, "init", why)
     assert_all_done(node, why)
     assert_clean_units(node)
+
+
+def assert_kured_configured(kustomization: str) -> None:
+    """What the node applied: the release manifest, patched with config.yaml's window."""
+    k = CLUSTER.kured
+    assert "- kured.yaml" in kustomization, kustomization
+    for flag in (f"--start-time={k.start_time}", f"--end-time={k.end_time}",
+                 f"--reboot-days={','.join(k.reboot_days)}", f"--time-zone={k.time_zone}",
+                 "--reboot-sentinel=/sentinel/reboot-required", "path: /run\n", "mountPath: /sentinel"):
+        assert flag in kustomization, f"{flag!r} not in\n{kustomization}"
 
 
 @early(INIT_NODE, Scenario("init-fails-once", kubeadm={"init": {"fail": 1}}))
@@ -158,9 +174,23 @@ def test_reboot_runs_nothing_again(rehearsed: Node) -> None:
     assert "kubeadm reset" not in verbs(node.calls(), boot=2), why
     assert sorted(verbs(node.calls(), "podman", boot=2)) == ["podman run", "podman run"], why
     # Skipped by their conditions, which systemd shows as inactive units that never started.
-    states = node.units(*STEPS, "cilium-install.path", "coredns-spread.path")
+    states = node.units(*STEPS, "cilium-install.path", "coredns-spread.path", "kured-install.path")
     assert all(s.active == "inactive" and s.restarts == 0 for s in states.values()), why
     assert node.markers() == before, why
+
+
+@early(INIT_NODE, Scenario("kured-fails-once", kubectl={"apply": {"fail": 1}}))
+def test_a_failed_kured_apply_is_retried_until_it_succeeds(rehearsed: Node) -> None:
+    node = rehearsed
+    why = settle(node)
+    calls = node.calls()
+    applies = [c for c in calls if c.verb == "kubectl apply"]
+    installed = only(calls, "cilium install")
+    assert [c.rc for c in applies] == [1, 0], "Kured retried once\n" + why
+    assert applies[0].time > installed.time, "Kured only after Cilium\n" + why
+    assert node.units("kured-install.service")["kured-install.service"].restarts == 1, why
+    assert node.cluster()["kured_applies"] == 1, why
+    assert_all_done(node, why)
 
 
 # node1 re-created from its Ignition while node2 and node3 run the cluster.
@@ -257,7 +287,9 @@ def test_worker_joins_once_and_installs_no_cilium(rehearsed: Node) -> None:
     assert bootstrap_calls(calls) == ["kubeadm join"] and succeeded(calls, "kubeadm join"), why
     assert node.markers() == {"kubeadm.done"}, why
     assert node.cluster()["members"] == [{"verb": "join", "control_plane": False, "node": WORKER}], why
-    assert node.units("cilium-install.service")["cilium-install.service"].load == "not-found", why
+    # Control planes only: Cilium, Kured, the certificate timer.
+    for unit in ("cilium-install.service", "kured-install.service", "cert-renew.timer"):
+        assert node.units(unit)[unit].load == "not-found", why
     assert_clean_units(node)
 
 

@@ -20,6 +20,7 @@ from tasks.plan.templates import render_layers
 
 TOKEN = "abcdef.0123456789abcdef"
 CA_HASH = "sha256:" + "ab" * 32
+KUBELET_API = "kubelet.config.k8s.io/v1beta1"
 
 
 def obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -69,6 +70,11 @@ def schemas(api: str) -> dict[str, dict[str, Any]]:
                                  "items": {"type": "string", "pattern": r"^sha256:[0-9a-f]{64}$"}},
             })}),
         }, required=["apiVersion", "kind", "nodeRegistration", "discovery"]),
+        # The kubelets' own config API (kubelet.config.k8s.io), whatever kubeadm's is.
+        "KubeletConfiguration": obj({
+            "apiVersion": {"const": KUBELET_API}, "kind": {"const": "KubeletConfiguration"},
+            "rotateCertificates": {"const": True},
+        }),
     }
 
 
@@ -109,11 +115,15 @@ def test_every_node_kubeadm_config_matches_the_schema(
             docs = node_documents(texts[node.name], init)
             for doc in docs:
                 validate(doc)
-            assert all(d["apiVersion"] == api for d in docs)
+            assert all(d["apiVersion"] == (KUBELET_API if d["kind"] == "KubeletConfiguration" else api)
+                       for d in docs)
             kinds = [d["kind"] for d in docs]
             if init:
-                assert kinds == ["ClusterConfiguration", "InitConfiguration"]
-                cluster, first = docs
+                # InitConfiguration last: the token fragment continues it.
+                assert kinds == ["ClusterConfiguration", "KubeletConfiguration", "InitConfiguration"]
+                cluster, kubelet, first = docs
+                # Each kubelet renews its own client certificate (issue 16).
+                assert kubelet["rotateCertificates"] is True
                 assert cluster["controlPlaneEndpoint"] == f"{c.network.vip}:{c.network.apiserver_port}"
                 assert cluster["networking"] == {"podSubnet": str(c.kubernetes.pod_subnet),
                                                  "serviceSubnet": str(c.kubernetes.service_subnet)}
@@ -159,4 +169,4 @@ def test_token_ttl_from_config(tmp_path: Path) -> None:
     out = next(o for o in outputs(c) if o.name == "node1-cp")
     docs = node_documents(render_layers(c)["node1-cp"], True)
     init_inputs = next(f["inputs"] for f in out.context["kubeadm_files"] if f["inputs"]["init"])
-    assert docs[1]["bootstrapTokens"][0]["ttl"] == "0" == init_inputs["token_ttl"]
+    assert docs[-1]["bootstrapTokens"][0]["ttl"] == "0" == init_inputs["token_ttl"]

@@ -87,13 +87,18 @@ def mirror_settings(c: Cluster) -> str:
         "flatcar:",
         f"  base_url: {MIRROR}/flatcar/{{channel}}",
         f"  signing_key_url: {MIRROR}/flatcar/{KEY_FILE}",
-        "kubernetes:",
     ]
     keys: dict[str, str] = {}
     for w in wanted(c):
         where = "extensions" if w.kind == "sysext" else f"{w.name}/{{version}}/{w.file_name('{version}')}"
         keys.setdefault(w.url_setting, f"{MIRROR}/{where}")
-    lines += [f"  {key.split('.', 1)[1]}: {value}" for key, value in keys.items()]
+    # One block per section (kubernetes:, kured:), each key once.
+    sections: dict[str, list[str]] = {}
+    for key, value in keys.items():
+        section, name = key.split(".", 1)
+        sections.setdefault(section, []).append(f"  {name}: {value}")
+    for section, entries in sections.items():
+        lines += [f"{section}:", *entries]
     return "\n".join(lines) + "\n"
 
 

@@ -77,6 +77,9 @@ def wanted(c: Cluster) -> tuple[Wanted, ...]:
         Wanted("cilium_cli", "sha256sum", "kubernetes.cilium_cli_version", k.cilium_cli_version,
                url=k.cilium_cli_url, sha256_from=k.cilium_cli_url + ".sha256sum",
                url_setting="kubernetes.cilium_cli_url"),
+        # Kured publishes no checksum beside its manifest: the lock hashes the download itself.
+        *((Wanted("kured", "file", "kured.version", c.kured.version, url=c.kured.manifest_url,
+                  url_setting="kured.manifest_url"),) if c.kured.enabled else ()),
     )
 
 

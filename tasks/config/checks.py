@@ -213,3 +213,14 @@ def quoted_version(value: str) -> str | None:
 
 def version_placeholder(url: str) -> str | None:
     return None if "{version}" in url else "must contain {version}, where the release (e.g. v0.20.0) goes"
+
+
+def time_zone(name: str) -> str | None:
+    """A zone Kured's Go runtime knows too: the IANA database (checked here when the host has it)."""
+    import zoneinfo
+
+    if name in ("UTC", "Local") or not zoneinfo.available_timezones():
+        return None
+    if name not in zoneinfo.available_timezones():
+        return f"{describe(name)} is not a time zone of the IANA database (e.g. UTC, Europe/Berlin)"
+    return None

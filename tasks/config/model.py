@@ -34,6 +34,7 @@ from tasks.config.checks import (
     quoted_version,
     service_subnet,
     strip,
+    time_zone,
     token_lifetime,
     unicast_mac,
     version_placeholder,
@@ -207,6 +208,12 @@ class Kubernetes:
                                                 help="Flatcar's own extensions to enable")
     wait_timeout_s: int = setting(900, minimum=10, maximum=86400,
                                   help="how long `doit wait` waits for the API and every node to be Ready")
+    # kubeadm's leaf certificates live a year. The control planes check daily; a week is the least
+    # that survives a node being off for days, and beyond half a year renewals only come sooner.
+    cert_renew_before_days: int = setting(
+        60, minimum=7, maximum=180,
+        help="control planes renew kubeadm's leaf certificates (1 year) once one expires within this many days",
+    )
 
     @property
     def minor(self) -> str:
@@ -247,6 +254,35 @@ class LoadBalancer:
                                      "(not network.apiserver_port, not 6443)")
 
 
+# Kured's days (kubereboot/kured pkg/timewindow: su/sun/sunday ... are all accepted; one spelling here).
+REBOOT_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# A time of day as Kured parses it ("15:04" or "15:04:05", 24-hour).
+CLOCK = r"([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?"
+CLOCK_EXPECT = "a 24-hour time of day such as 2:00, 05:30 or 23:59:59"
+
+
+@section
+class Kured:
+    """Kured drains and reboots one node at a time once /run/reboot-required exists (a staged
+    Flatcar update or sysext): installed by the control planes after Cilium."""
+
+    enabled: bool = setting(True, help="install Kured, which reboots nodes one at a time for staged updates")
+    version: str = setting("1.23.0", pattern=r"\d+\.\d+\.\d+", expect="a release such as 1.23.0",
+                           help="the Kured release")
+    manifest_url: str = setting(
+        "https://github.com/kubereboot/kured/releases/download/{version}/kured-{version}-combined.yaml",
+        pattern=r"https?://\S+", expect="an http(s):// URL", check=(version_placeholder,),
+        help="Kured's combined manifest ({version} is substituted; `doit lock` hashes it)",
+    )
+    start_time: str = setting("0:00", pattern=CLOCK, expect=CLOCK_EXPECT,
+                              help="reboots start no earlier than this (in time_zone)")
+    end_time: str = setting("23:59:59", pattern=CLOCK, expect=CLOCK_EXPECT,
+                            help="reboots start no later than this, the same day (after start_time)")
+    reboot_days: tuple[str, ...] = setting(REBOOT_DAYS, choices=REBOOT_DAYS, help="the days reboots may happen")
+    time_zone: str = setting("UTC", pattern=r"[A-Za-z][A-Za-z0-9_+/-]*", expect="a time zone such as UTC or "
+                             "Europe/Berlin", check=(time_zone,), help="the zone of start_time and end_time")
+
+
 @section
 class Cluster:
     name: str = setting("ha", required=True, pattern=DNS_LABEL, expect=RFC1123,
@@ -259,6 +295,7 @@ class Cluster:
     vm: VmSpec = setting(help="defaults for every node's VM (override per node under nodes[].vm)")
     butane: Butane = setting(help="how Butane is translated, and your own layers")
     load_balancer: LoadBalancer = setting(help="the pinned keepalived and haproxy images")
+    kured: Kured = setting(help="coordinated reboots for staged updates: whether, which release, the window")
     ssh_authorized_keys: tuple[str, ...] = setting((), normalize=strip, check=(openssh_public_key,),
                                                    help="SSH public keys for the core user on every node")
     allow_even_control_planes: bool = setting(False, help="accept an even number of control planes (etcd quorum)")

@@ -13,7 +13,17 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 
-from tasks.config.model import CONTROL_PLANE, Cluster, Kubernetes, Network, Node, VmSpec, minor_of, stable_mac
+from tasks.config.model import (
+    CONTROL_PLANE,
+    Cluster,
+    Kubernetes,
+    Kured,
+    Network,
+    Node,
+    VmSpec,
+    minor_of,
+    stable_mac,
+)
 from tasks.config.places import check_places
 from tasks.config.reader import Reader
 from tasks.config.settings import read_section, read_setting
@@ -36,6 +46,7 @@ def read_cluster(r: Reader, data: dict[str, object], source: Path) -> Cluster:
     _check_nodes(r, c)
     _check_kubernetes(r, c.kubernetes, c.nodes, c.network)
     _check_ports(r, c)
+    _check_kured(r, c.kured)
     nodes = tuple(dataclasses.replace(n, mac=n.mac or stable_mac(c.name, n.name), vm_name=f"{c.name}-{n.name}")
                   for n in c.nodes)
     _check_macs(r, c.nodes, nodes)
@@ -204,3 +215,22 @@ def _check_crio_minor(r: Reader, k8s: Kubernetes) -> None:
             f"Kubernetes minor, and updates never leave it); pin a {minor_of(version)[1:]} release "
             "or remove kubernetes.crio_version to follow kubernetes.version",
         )
+
+
+def _seconds_of_day(clock: str) -> int:
+    parts = [int(x) for x in clock.split(":")] + [0]
+    return parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+def _check_kured(r: Reader, kured: Kured) -> None:
+    """Kured's window lies within one day (pkg/timewindow: start <= now <= end, same date): a window
+    over midnight, or an empty one, would never open, and staged updates would wait forever."""
+    if not kured.reboot_days and r.clean("kured.reboot_days"):
+        r.problem("kured.reboot_days", "is an empty list: no day would ever allow a reboot; list days "
+                  "(sun, mon, ...), or remove the key for every day, or set kured.enabled: false")
+    if not (r.clean("kured.start_time") and r.clean("kured.end_time")):
+        return
+    if _seconds_of_day(kured.start_time) >= _seconds_of_day(kured.end_time):
+        r.problem("kured.end_time", f"{kured.end_time} is not after kured.start_time {kured.start_time}: Kured's "
+                  "window lies within one day (it does not wrap past midnight); e.g. 22:00 to 23:59:59, "
+                  "or 0:00 to 4:00")

@@ -30,7 +30,8 @@ def _node_registration(api: str, name: str, ip: str) -> dict[str, Any]:
 
 
 def init_documents(inputs: dict[str, Any]) -> list[dict[str, Any]]:
-    """ClusterConfiguration + InitConfiguration for the init node (token appended later)."""
+    """ClusterConfiguration, KubeletConfiguration and InitConfiguration for the init node (token appended
+    later, to the last)."""
     api = api_version(inputs["kubernetes_version"])
     cluster = {
         "apiVersion": api,
@@ -40,6 +41,16 @@ def init_documents(inputs: dict[str, Any]) -> list[dict[str, Any]]:
         "controlPlaneEndpoint": inputs["endpoint"],
         "networking": {"podSubnet": inputs["pod_subnet"], "serviceSubnet": inputs["service_subnet"]},
         "apiServer": {"certSANs": list(inputs["cert_sans"])},
+    }
+    # The kubelets' configuration (kubeadm keeps it in the kubelet-config ConfigMap for every node
+    # that joins). Client certificate rotation: each kubelet renews its own credential before it
+    # expires (kubeadm's default, stated so that it stays on). Serving certificates stay
+    # self-signed (serverTLSBootstrap off): signed ones need their CSRs approved, and an approver
+    # that signs whatever a node asks for would let any node credential claim any name or address.
+    kubelet = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "rotateCertificates": True,
     }
     init = {
         "apiVersion": api,
@@ -51,7 +62,7 @@ def init_documents(inputs: dict[str, Any]) -> list[dict[str, Any]]:
         # Last on purpose: the appended fragment adds `token:` to this list item.
         "bootstrapTokens": [{"groups": TOKEN_GROUPS, "ttl": inputs["token_ttl"], "usages": TOKEN_USAGES}],
     }
-    return [cluster, init]
+    return [cluster, kubelet, init]
 
 
 def join_documents(inputs: dict[str, Any]) -> list[dict[str, Any]]:

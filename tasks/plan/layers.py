@@ -20,6 +20,7 @@ from tasks.config import Cluster, Node
 from tasks.config.model import minor_of
 from tasks.facts import APISERVER_PORT, CRI_SOCKET
 from tasks.paths import Src
+from tasks.plan import day2
 
 BUTANE_VERSION = "1.1.0"
 
@@ -144,7 +145,8 @@ def _control_plane_layer(c: Cluster, pins: Pins) -> Output:
     ]
     sysexts = list(c.kubernetes.official_sysexts)
     out = _merging(
-        CP, HA, "Render the control-plane layer: CA files, keepalived and haproxy (Quadlet), Cilium and CoreDNS",
+        CP, HA, "Render the control-plane layer: CA files, keepalived and haproxy (Quadlet), Cilium, CoreDNS, "
+                "certificate renewal, Kured",
         pki=pki,
         apiserver_port=c.network.apiserver_port,
         monitor_port=c.load_balancer.monitor_port,
@@ -186,6 +188,8 @@ def _control_plane_steps(c: Cluster, pins: Pins) -> dict[str, Any]:
         "cilium_cli": _download(pins["cilium_cli"]),
         "cilium_version": k.cilium_version,
         "cilium_options": _cilium_options(c),
+        "cert_renew": day2.cert_renewal(c),
+        "kured": day2.kured(c, pins),
     }
 
 
@@ -282,6 +286,7 @@ def _node(c: Cluster, node: Node, extras: list[str], pins: Pins) -> Output:
         ),
         "keepalived": _keepalived(c, node) if node.is_control_plane else None,
         "keepalived_fragment": KEEPALIVED_FRAGMENT if node.is_control_plane else None,
+        "renew_timer_at": day2.renew_timer(c, node) if node.is_control_plane else None,
     }
     refs = [*merge, *(f["fragment"] for f in kubeadm)] + ([KEEPALIVED_FRAGMENT] if node.is_control_plane else [])
     doc = f"Render {node.name}'s Butane ({node.role}{', init' if node is c.init_node else ''})"

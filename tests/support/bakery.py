@@ -10,6 +10,7 @@ path (`/releases/download/<ext>-<version>/<file>`), and the bakery's public URLs
     <base>/kubernetes/kubernetes-v1.N.conf    -> the bakery's own per-minor transfer definition
     <base>/crio.conf, <base>/noop.conf        -> its generic ones (unused by flatcar-ha)
     /cilium-cli/releases/download/<v>/cilium-linux-amd64.tar.gz(.sha256sum)
+    /kured/releases/download/<v>/kured-<v>-combined.yaml   (Kured publishes no checksum)
 
 Images are a few KiB of bytes fixed by their name; `tamper` replaces one after locking.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.configs import DROP
+from support.configs import DROP, KURED_PATH
 from support.site import Site
 
 BASE = "/extensions"
@@ -35,6 +36,53 @@ CLI_ROOT = "/cilium-cli/releases/download"
 KUBERNETES = {"kubernetes": ["v1.35.9", "v1.36.0", "v1.36.1", "v1.36.2", "v1.36.10", "v1.37.0"],
               "crio": ["v1.35.3", "v1.36.0", "v1.36.3", "v1.37.1"]}
 CLI_VERSIONS = ["v0.19.7", "v0.20.0"]
+KURED_VERSIONS = ["1.22.1", "1.23.0"]
+
+
+def kured_manifest(version: str) -> str:
+    """Kured's combined manifest as its release renders it (kured-rbac.yaml + kured-ds.yaml, the
+    image pinned), cut to what flatcar-ha's kustomization touches and what shows it did."""
+    return f"""---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: kured
+  namespace: kube-system
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kured
+  namespace: kube-system
+spec:
+  selector:
+    matchLabels:
+      name: kured
+  template:
+    metadata:
+      labels:
+        name: kured
+    spec:
+      serviceAccountName: kured
+      hostPID: true
+      volumes:
+        - name: sentinel
+          hostPath:
+            path: /var/run
+            type: Directory
+      containers:
+        - name: kured
+          image: ghcr.io/kubereboot/kured:{version}
+          securityContext:
+            privileged: true
+          volumeMounts:
+            - mountPath: /sentinel
+              name: sentinel
+              readOnly: true
+          command:
+            - /usr/bin/kured
+            - --reboot-sentinel=/sentinel/reboot-required
+"""
 
 
 def image_bytes(name: str) -> bytes:
@@ -112,6 +160,11 @@ class Bakery:
             self.files[f"{CLI_ROOT}/{version}/{CLI_FILE}.sha256sum"] = sums_line(data, CLI_FILE).encode()
         return data
 
+    def publish_kured(self, version: str) -> bytes:
+        data = kured_manifest(version).encode()
+        self.files[KURED_PATH.replace("{version}", version)] = data
+        return data
+
     def image(self, ext: str, version: str, arch: str = "x86-64") -> bytes:
         name = f"{ext}-{version}-{arch}.raw"
         return self.files[self.release_path(f"{ext}-{version}", name)]
@@ -134,6 +187,8 @@ def fake_bakery(site: Site, kubernetes: dict[str, list[str]] | None = None,
         bakery.publish(ext, versions)
     for version in cli_versions or CLI_VERSIONS:
         bakery.publish_cli(version)
+    for version in KURED_VERSIONS:
+        bakery.publish_kured(version)
     return bakery
 
 
@@ -157,5 +212,9 @@ def bakery_folder(root: Path, url: str) -> dict[str, Any]:
         data = cli_tarball(version)
         (folder / CLI_FILE).write_bytes(data)
         (folder / f"{CLI_FILE}.sha256sum").write_text(sums_line(data, CLI_FILE))
+    for version in KURED_VERSIONS:
+        manifest = root / KURED_PATH.replace("{version}", version).lstrip("/")
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(kured_manifest(version))
     return {"sysext_base_url": f"{url}/extensions", "cilium_cli_url": f"{url}/cilium-cli/{{version}}/{CLI_FILE}",
             "version": "1.36", "crio_version": DROP}

@@ -11,8 +11,9 @@ clusters can share a folder). Two bases:
 
 Both name exact Kubernetes and CRI-O releases (EXACT_VERSIONS), so they build offline without a
 lock; config.yaml's minor needs `doit lock` (tests do that against support/bakery.py). Their
-sysext and Cilium CLI URLs point at a closed port on 127.0.0.1 (NOWHERE) until a test names a
-fake bakery.
+sysext, Cilium CLI and Kured manifest URLs point at a closed port on 127.0.0.1 (NOWHERE) until a
+test names a fake bakery; Kured's then follows the Cilium CLI's site (KURED_PATH, where the fake
+bakery publishes it) unless the test sets kured.manifest_url itself.
 
 An override is a top-level key (`name="x"`, `nodes=[...]`), a section merged key by key
 (`kubernetes={"key_algorithm": "rsa-2048"}`), or a dotted path that replaces one value, list
@@ -48,6 +49,9 @@ NOWHERE = "http://127.0.0.1:9"
 OFFLINE_KUBERNETES = {**EXACT_VERSIONS, "sysext_base_url": f"{NOWHERE}/extensions",
                       "cilium_cli_url": f"{NOWHERE}/cilium-cli/{{version}}/cilium-linux-amd64.tar.gz"}
 DROP: Any = type("Drop", (), {"__repr__": lambda self: "DROP"})()
+# Where a fake bakery's site serves Kured's manifest (support/bakery.py), and the offline default.
+KURED_PATH = "/kured/releases/download/{version}/kured-{version}-combined.yaml"
+OFFLINE_KURED = {"manifest_url": NOWHERE + KURED_PATH}
 
 
 def node(name: str, role: str, ip: str, **extra: Any) -> dict[str, Any]:
@@ -76,6 +80,7 @@ def small_config(where: Path) -> dict[str, Any]:
         "nodes": small_nodes(),
         "network": {"vip": VIP, "gateway": "192.168.122.1"},
         "kubernetes": {"key_algorithm": "ecdsa-p256", "ca_validity_days": 365, **OFFLINE_KUBERNETES},
+        "kured": dict(OFFLINE_KURED),
         "flatcar": {"cache_dir": str(where / "cache")},
         "build_dir": str(where / "build"),
     }
@@ -86,6 +91,7 @@ def project_config(where: Path) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(PROJECT_CONFIG.read_text())
     data["build_dir"] = str(where / "build")
     data["kubernetes"].update(OFFLINE_KUBERNETES)
+    data["kured"].update(OFFLINE_KURED)
     return data
 
 
@@ -101,7 +107,18 @@ def config_data(where: Path, base: Literal["small", "project"] = "small", **over
             data[key] = _merged(data[key], value)
         else:
             data[key] = copy.deepcopy(value)
+    _kured_beside_the_cli(data, overrides)
     return data
+
+
+def _kured_beside_the_cli(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """A test that points the Cilium CLI at a fake bakery gets Kured's manifest from that site too."""
+    kured = data.get("kured")
+    cli = str(data.get("kubernetes", {}).get("cilium_cli_url", ""))
+    given = "kured.manifest_url" in overrides or "manifest_url" in dict(overrides.get("kured") or {})
+    if isinstance(kured, dict) and not given and cli and not cli.startswith(NOWHERE):
+        origin = "/".join(cli.split("/")[:3])
+        kured["manifest_url"] = origin + KURED_PATH
 
 
 def write_config(where: Path, base: Literal["small", "project"] = "small", **overrides: Any) -> Path:

@@ -176,7 +176,9 @@ class Scenario:
                "foreign_ca": [...]}                         answer, but a curl that verifies our CA fails
     podman:   {"keepalived": {"fail": N}}                   the first N `podman run` of a container fail
     kubectl:  {"rollout": {"fail": N}}                      the first N calls of a verb fail
-    cluster:  the simulated cluster's first state, e.g. {"initialized": true, "cilium_release": true}
+              (kubeadm also takes {"certs": {"residual_days": D, ...}}: see standin._kubeadm_certs)
+    cluster:  the simulated cluster's first state, e.g. {"initialized": true, "cilium_release": true,
+              "kured": "current"}
     """
 
     name: str
@@ -214,7 +216,7 @@ class Call:
         for arg in self.argv:
             if skip:
                 skip = False
-            elif arg in ("-n", "-l", "-o", "--for", "--timeout"):
+            elif arg in ("-n", "-l", "-o", "--for", "--timeout", "-k", "--runtime-endpoint", "--name", "--state"):
                 skip = True
             elif not arg.startswith("-"):
                 words.append(arg)

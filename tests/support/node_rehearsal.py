@@ -6,9 +6,10 @@ Ignition (support.realignition) into a scratch root on first use; `BootNode` boo
 a test and stops them all however it ends. Tests assert from the stand-ins' recorded calls, the
 markers in /var/lib/flatcar-ha and systemd's own unit states.
 
-Extending it (issue 16: a certificate timer, Kured): a program the new units run gets a function
-in standins/standin.py and its name in node_boot.STANDINS; a retried unit gets the test-only
-short RestartSec by itself (node_boot.FAST_RESTART_SEC); `Scenario` passes its rules on.
+Extending it: a program the new units run gets a function in standins/standin.py and its name in
+node_boot.STANDINS; a retried unit gets the test-only short RestartSec by itself
+(node_boot.FAST_RESTART_SEC); `Scenario` passes its rules on. Issue 16 added kubeadm's `certs`,
+crictl's `ps` (a static pod runs while its manifest is there) and Kured's `kubectl apply -k`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from support.bakery import kured_manifest
 from support.configs import write_config
 from support.node_boot import (
     PERSISTENT,
@@ -49,11 +51,14 @@ from tasks.paths import Build
 __all__ = ["BootNode", "Call", "Node", "RehearsalBuild", "RehearsalError", "Scenario", "Settled", "UnitState",
            "booted_nodes", "prepare_root", "require_rehearsal_tools", "verbs"]
 
-# Where a node's Ignition puts the Cilium CLI tarball that the Cilium step unpacks.
+# Where a node's Ignition puts the Cilium CLI tarball that the Cilium step unpacks, and Kured's
+# release manifest that the Kured step applies (tasks/plan/day2.py).
 CILIUM_TARBALL = "opt/cilium/cilium-linux-amd64.tar.gz"
+KURED_MANIFEST = "opt/kured/kured.yaml"
 # The checkout whose pipeline builds the rehearsed Ignition (default: this one). Pointing it at
 # another checkout (e.g. main's) rehearses that checkout's units with these tests.
 CHECKOUT_ENV = "NODE_REHEARSAL_CHECKOUT"
+KURED_VERSION = "1.23.0"
 
 
 def require_rehearsal_tools() -> None:
@@ -112,7 +117,8 @@ def prepare_root(root: Path) -> None:
     """Make an applied root bootable by the harness.
 
     - The Cilium CLI download (a `data:,` empty file offline) becomes a real tarball holding the
-      cilium stand-in, so the unit's own `tar -xzf` runs.
+      cilium stand-in, so the unit's own `tar -xzf` runs; Kured's manifest becomes the fake
+      bakery's (support/bakery.py).
     - Every directory directly under etc/ becomes opaque for overlayfs, so the node sees its own
       /etc/systemd, /etc/kubernetes... and not the host's (Debian's enabled units, its haproxy).
     - etc/machine-id gets a whiteout: the node boots for the first time (systemd applies the
@@ -121,6 +127,9 @@ def prepare_root(root: Path) -> None:
     tarball = root / CILIUM_TARBALL
     if tarball.exists():
         tarball.write_bytes(cilium_tarball())
+    kured = root / KURED_MANIFEST
+    if kured.exists():
+        kured.write_text(kured_manifest(KURED_VERSION))
     for name in PERSISTENT:
         (root / name).mkdir(exist_ok=True)
     for child in (root / "etc").iterdir():

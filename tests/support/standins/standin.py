@@ -41,6 +41,14 @@ BOOT = Path("/run/harness/boot")
 KUBE = Path("/etc/kubernetes")
 RESET_FILES = ("admin.conf", "super-admin.conf", "kubelet.conf", "bootstrap-kubelet.conf",
                "controller-manager.conf", "scheduler.conf")
+# kubeadm's static pods (one manifest each in /etc/kubernetes/manifests) and what
+# `kubeadm certs check-expiration` lists: leaf certificates, then the CAs.
+STATIC_PODS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+LEAF_CERTS = ("admin.conf", "apiserver", "apiserver-etcd-client", "apiserver-kubelet-client",
+              "controller-manager.conf", "etcd-healthcheck-client", "etcd-peer", "etcd-server",
+              "front-proxy-client", "scheduler.conf", "super-admin.conf")
+CAS = ("ca", "etcd-ca", "front-proxy-ca")
+DAY = 86400
 
 
 def _unit() -> str:
@@ -152,6 +160,8 @@ def kubeadm(argv: list[str]) -> tuple[int, str]:
         for name in RESET_FILES:
             (KUBE / name).unlink(missing_ok=True)
         return 0, "reset done"
+    if verb == "certs":
+        return _kubeadm_certs(argv[1:], rules.get("certs", {}))
     if verb not in ("init", "join"):
         return 0, f"kubeadm {verb}: nothing to simulate"
     config = _option(argv, "--config")
@@ -174,7 +184,8 @@ def kubeadm(argv: list[str]) -> tuple[int, str]:
             return 1, "couldn't validate the identity of the API Server: connection refused"
         if control_plane:
             # A real attempt writes its static pod manifests before it can fail.
-            _write(KUBE / "manifests/kube-apiserver.yaml", "# stand-in manifest\n")
+            for pod in STATIC_PODS:
+                _write(KUBE / f"manifests/{pod}.yaml", f"# stand-in manifest of {pod}\n")
         if _take_failure(state, f"kubeadm {verb}", int(rules.get(verb, {}).get("fail", 0))):
             return 1, f"attempt {n}: simulated failure (wait-control-plane timed out)"
         if verb == "init":
@@ -196,6 +207,45 @@ def kubeadm(argv: list[str]) -> tuple[int, str]:
     if control_plane:
         _write(KUBE / "admin.conf", "# stand-in admin.conf\n")
     return 0, f"{verb} succeeded"
+
+
+def _kubeadm_certs(argv: list[str], rules: dict[str, Any]) -> tuple[int, str]:
+    """`certs check-expiration -o json` (output.kubeadm.k8s.io/v1alpha3, residualTime in seconds)
+    and `certs renew all`. Rules: residual_days of every leaf certificate until a renewal (then
+    365), ca_residual_days of the CAs, external_residual_days of an externally managed leaf (listed
+    only when given), renew_fail: the first N renewals fail."""
+    sub = argv[0] if argv else ""
+    with _cluster() as state:
+        if sub == "check-expiration":
+            if _option(argv, "-o") != "json":
+                return 1, "stand-in: only -o json is simulated"
+            leaf = 365 if state.get("certs_renewed") else int(rules.get("residual_days", 364))
+            entries = [_cert(name, leaf, "ca") for name in LEAF_CERTS]
+            if "external_residual_days" in rules:
+                entries.append({**_cert("front-proxy-client-external", int(rules["external_residual_days"]),
+                                        "front-proxy-ca"), "externallyManaged": True})
+            cas = [_cert(name, int(rules.get("ca_residual_days", 3650)), None) for name in CAS]
+            print(json.dumps({"kind": "CertificateExpirationInfo", "apiVersion": "output.kubeadm.k8s.io/v1alpha3",
+                              "certificates": entries, "certificateAuthorities": cas}, indent=2))
+            return 0, f"leaf certificates expire in {leaf} days"
+        if sub == "renew" and argv[1:2] == ["all"]:
+            n = _count(state, "kubeadm certs renew")
+            if _take_failure(state, "kubeadm certs renew", int(rules.get("renew_fail", 0))):
+                return 1, f"attempt {n}: simulated failure"
+            state["certs_renewed"] = n
+            # renew all rewrites admin.conf with a new client certificate.
+            _write(KUBE / "admin.conf", f"# stand-in admin.conf, renewed ({n})\n")
+            return 0, "certificates renewed"
+    return 1, f"kubeadm certs {sub}: not simulated"
+
+
+def _cert(name: str, days: int, ca: str | None) -> dict[str, Any]:
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + days * DAY))
+    entry: dict[str, Any] = {"name": name, "expirationDate": expires, "residualTime": days * DAY,
+                             "externallyManaged": False}
+    if ca:
+        entry["caName"] = ca
+    return entry
 
 
 def _join_endpoint(config: str) -> str:
@@ -274,15 +324,25 @@ def _verb(argv: list[str]) -> list[str]:
         if skip:
             skip = False
         elif arg in ("-n", "--namespace", "-l", "--selector", "-o", "--output", "--kubeconfig", "--context",
-                     "--for", "--timeout"):
+                     "--for", "--timeout", "-k", "--runtime-endpoint", "--name", "--state"):
             skip = True
         elif not arg.startswith("-"):
             words.append(arg)
     return words
 
 
+def _kured_config(kustomization: str) -> str:
+    """The configuration digest flatcar-ha's Kured kustomization puts on the DaemonSet."""
+    import re
+
+    found = re.search(r"flatcar-ha/kured-config: (\S+)", kustomization)
+    return found.group(1) if found else ""
+
+
 def kubectl(argv: list[str]) -> tuple[int, str]:
-    """What the bootstrap asks the API: Cilium's Helm release, node readiness, CoreDNS' placement."""
+    """What the bootstrap asks the API: Cilium's Helm release, node readiness, CoreDNS' placement,
+    Kured's DaemonSet. cluster["kured"] == "current": installed already, with this node's
+    configuration (another control plane applied it)."""
     words = _verb(argv)
     verb = words[0] if words else ""
     selector = _option(argv, "-l") or _option(argv, "--selector") or ""
@@ -296,6 +356,27 @@ def kubectl(argv: list[str]) -> tuple[int, str]:
             if release:
                 print("secret/sh.helm.release.v1.cilium.v1")
             return 0, "helm release cilium " + ("exists" if release else "absent")
+        if verb == "get" and words[1:3] == ["daemonset", "kured"]:
+            have = state.get("kured_config", "")
+            if state.get("kured") == "current":
+                have = _kured_config((Path("/opt/kured/kustomization.yaml")).read_text())
+            print(have, end="")
+            return 0, f"daemonset kured: {have or 'absent'}"
+        if verb == "apply":
+            folder = Path(_option(argv, "-k") or "")
+            kustomization = folder / "kustomization.yaml"
+            if not kustomization.is_file():
+                return 1, f"error: unable to find a kustomization in {folder}"
+            text = kustomization.read_text()
+            # kustomize reads every resource; an empty one (a failed download) renders nothing.
+            for line in text.split("patches:")[0].splitlines():
+                resource = line.strip().removeprefix("- ")
+                if resource.endswith(".yaml") and not (folder / resource).read_text().strip():
+                    return 1, f"error: {folder / resource} holds no object"
+            state["kured_applies"] = state.get("kured_applies", 0) + 1
+            state["kured_config"] = _kured_config(text)
+            state["kured_kustomization"] = text
+            return 0, f"kured applied ({state['kured_config']})"
         ready = list(state.get("ready_control_planes", []))
         if verb == "wait":
             node = next((w.split("/", 1)[1] for w in words if w.startswith("node/")), "")
@@ -314,8 +395,17 @@ def kubectl(argv: list[str]) -> tuple[int, str]:
 
 
 def crictl(argv: list[str]) -> tuple[int, str]:
+    """`crictl ps --name ^POD$`: the kubelet stand-in runs a static pod while its manifest is in
+    /etc/kubernetes/manifests (the real one notices within its fileCheckFrequency)."""
     words = _verb(argv)
-    return 0, f"crictl {words[0] if words else ''}: ok"
+    verb = words[0] if words else ""
+    if verb == "ps":
+        pod = (_option(argv, "--name") or "").strip("^$")
+        running = (KUBE / "manifests" / f"{pod}.yaml").is_file()
+        if running:
+            print(pod.encode().hex()[:13] if "--quiet" in argv else pod)
+        return 0, f"{pod} {'running' if running else 'stopped'}"
+    return 0, f"crictl {verb}: ok"
 
 
 # ------------------------------------------------------------------ podman, crio
