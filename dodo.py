@@ -11,8 +11,10 @@ replay()
 
 from tasks.stages.base import state_file
 from tasks.stages.bundle import task_bundle
+from tasks.stages.certs import task_certs
 from tasks.stages.cluster import task_ha, task_new_cluster
 from tasks.stages.creators import lean_creators
+from tasks.stages.etcd import task_etcd_snapshot
 from tasks.stages.graph import graph_task
 from tasks.stages.hosts import task_pool, task_preflight
 from tasks.stages.image import task_image, task_verify_gpg
@@ -58,6 +60,8 @@ answer_list(globals())
 __all__ = [
     "DOIT_CONFIG",
     "task_bundle",
+    "task_certs",
+    "task_etcd_snapshot",
     "task_graph",
     "task_ha",
     "task_image",

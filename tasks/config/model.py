@@ -299,6 +299,8 @@ class Cluster:
     ssh_authorized_keys: tuple[str, ...] = setting((), normalize=strip, check=(openssh_public_key,),
                                                    help="SSH public keys for the core user on every node")
     allow_even_control_planes: bool = setting(False, help="accept an even number of control planes (etcd quorum)")
+    etcd_snapshot_keep: int = setting(7, minimum=1, maximum=1000,
+                                      help="how many snapshots `doit etcd_snapshot` keeps in build/<name>/backups/")
     build_dir: Path = setting("build", help="everything generated goes to <build_dir>/<name>/ (relative: to the repo)")
     source: Path = derived(help="the config file")
 

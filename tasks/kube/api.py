@@ -243,3 +243,22 @@ def api_target(admin_conf: Path, ca_file: Path, server: str) -> ApiTarget:
         cert_pem=base64.b64decode(user["client-certificate-data"]),
         key_pem=base64.b64decode(user["client-key-data"]),
     )
+
+
+def delete_node(target: ApiTarget, name: str, request_timeout: float = REQUEST_TIMEOUT_S) -> str:
+    """DELETE the Node object `name` (a 404 means it is gone already); what happened, as a line."""
+    import requests
+
+    url = f"{target.server}/api/v1/nodes/{name}"
+    with verified_session(target) as session:
+        try:
+            answer = session.delete(url, timeout=request_timeout)
+        except requests.exceptions.RequestException as exc:
+            raise PipelineError(f"cannot delete Node {name} at {target.server}: {short_reason(exc)}",
+                                "is the API up through the VIP? doit verify_ha shows it") from None
+    if answer.status_code == 404:
+        return f"Kubernetes: Node {name} is not registered (nothing to delete)"
+    if answer.status_code not in (200, 202):
+        raise PipelineError(f"DELETE {url} answered {answer.status_code}: {answer.text.strip()[:200]}",
+                            "check admin.conf's rights (doit certs) and the API server's log")
+    return f"Kubernetes: deleted Node {name}"

@@ -7,8 +7,9 @@ CLIENT_VALIDITY_DAYS, kept 0600 in build/<name>/etcd-client/ (0700) and reissued
 within RENEW_BEFORE of its end or no longer signed by the current CA. Nothing is written
 anywhere else, and the key never appears on a command line (etcdctl gets its path).
 
-What uses it: `doit verify_ha` (member health, quorum); day-two work (snapshots, quorum-aware
-member removal) is meant to call the same `EtcdClient`.
+What uses it: `doit verify_ha` (member health, quorum), `doit certs` (etcd's serving
+certificates), `doit etcd_snapshot` (snapshot.py) and the quorum-aware removal of a control
+plane's member (members.py, retire.py).
 """
 
 from __future__ import annotations

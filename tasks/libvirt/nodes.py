@@ -57,6 +57,13 @@ def check_not_changed(node: Node, inputs: VmInputs, recreate: bool) -> bool:
     return True
 
 
+def replaces_disk(node: Node, inputs: VmInputs) -> bool:
+    """Whether re-creating node's VM for inputs gives it a new disk (a new node: what it stored,
+    its etcd member's data included, is gone) rather than re-defining it on the same one."""
+    current = domain_state(node.vm.libvirt_uri, node.vm_name)
+    return current is not None and (current.inputs is None or current.inputs.disk_key != inputs.disk_key)
+
+
 def ensure_overlay(host: Host, node: Node, inputs: VmInputs, image_sha256: str) -> str:
     """The path of the node's overlay for inputs, created on the hypervisor unless it exists."""
     name = overlay_volume(inputs)

@@ -129,3 +129,20 @@ def ensure_admin_conf(
         return False
     write_admin_conf(pki_dir, out, cluster_name=cluster_name, server=server, key=new_key() if new_key else None)
     return True
+
+
+def renew_admin_conf(pki_dir: Path, out: Path, *, cluster_name: str, server: str) -> str:
+    """Re-issue admin.conf from the cluster CA the host holds once it is within RENEW_BEFORE of its
+    end (or no longer matches the CA, cluster or server); what was done, as a line to print. The CA
+    is only read: a missing CA is an error here, never a reason to make one."""
+    from tasks.errors import PkiError
+
+    missing = [p.name for p in (pki_dir / "ca.crt", pki_dir / "ca.key") if not p.is_file()]
+    if missing:
+        raise PkiError(f"{pki_dir} has no {' or '.join(missing)}: admin.conf cannot be re-issued",
+                       "restore the CA from a backup (build/<name>/pki-archive/), or make the PKI: doit pki")
+    renewed = ensure_admin_conf(pki_dir, out, cluster_name=cluster_name, server=server)
+    until = f"{admin_not_after(out):%Y-%m-%d}"
+    if renewed:
+        return f"{out}: re-issued from the cluster CA, valid until {until} (the CA is unchanged)"
+    return f"{out}: valid until {until}, more than {RENEW_BEFORE.days} days left: kept"

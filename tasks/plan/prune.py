@@ -9,7 +9,7 @@ Ownership comes from the domains' metadata (tasks/libvirt/inventory.py), never f
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,27 +125,30 @@ def drain_advice(plan: Plan, admin_conf: Path) -> list[str]:
     kubectl = f"kubectl --kubeconfig {admin_conf}"
     lines = ["prune does not drain Kubernetes nodes. While their VMs still run, first:"]
     for node, domain in sorted(plan.gone.items()):
-        etcd = "   # a control plane: removes its etcd member" if domain.role == "control-plane" else ""
-        lines += [
-            f"  {kubectl} drain {node} --ignore-daemonsets --delete-emptydir-data",
-            f"  ssh core@{domain.ip} sudo kubeadm reset -f{etcd}",
-            f"  {kubectl} delete node {node}",
-        ]
-    if any(d.role == "control-plane" for d in plan.gone.values()):
+        lines.append(f"  {kubectl} drain {node} --ignore-daemonsets --delete-emptydir-data")
+        if domain.role != "control-plane":
+            lines += [f"  ssh core@{domain.ip} sudo kubeadm reset -f", f"  {kubectl} delete node {node}"]
+    cps = sorted(n for n, d in plan.gone.items() if d.role == "control-plane")
+    if cps:
+        lines.append(f"Control plane(s) {', '.join(cps)}: `prune --yes` first checks etcd's quorum live and refuses "
+                     "if it would be lost; otherwise it deletes the Node object and removes the etcd member, "
+                     "then the VM.")
         lines.append("Removing a control plane also changes the other control planes' haproxy and keepalived "
                      "settings: `doit new_cluster ha` then names the nodes to re-create.")
     return lines
 
 
-def after_removal(plan: Plan, admin_conf: Path) -> list[str]:
-    """What is left to do in Kubernetes once the VMs are gone (drain is no longer possible)."""
-    if not plan.gone:
+def after_removal(plan: Plan, admin_conf: Path, retired: Collection[str] = ()) -> list[str]:
+    """What is left to do in Kubernetes once the VMs are gone (drain is no longer possible); the
+    retired control planes left etcd and Kubernetes before their VMs went."""
+    left = {n: d for n, d in plan.gone.items() if n not in retired}
+    if not left:
         return []
-    nodes = " ".join(sorted(plan.gone))
+    nodes = " ".join(sorted(left))
     lines = [f"Kubernetes still lists {nodes} until you run: "
              f"kubectl --kubeconfig {admin_conf} delete node {nodes}"]
     lines += [f"  and remove the etcd member of control plane {n} (etcdctl member remove)"
-              for n, d in sorted(plan.gone.items()) if d.role == "control-plane"]
+              for n, d in sorted(left.items()) if d.role == "control-plane"]
     return lines
 
 

@@ -137,14 +137,15 @@ def hints(rows: list[NodeStatus], left: list[Domain]) -> list[str]:
 
 
 def format_status(c: Cluster, api: ApiStatus, rows: list[NodeStatus], left: list[Domain],
-                  down: list[str]) -> str:
+                  down: list[str], certs: str = "") -> str:
     table = [["NODE", "ROLE", "VM", "STATE", "IP", "MAC", "LIBVIRT", "IGNITION", "KUBERNETES"]]
     for r in rows:
         n = r.node
         role = n.role + (" (init)" if r.init else "")
         table.append([n.name, role, n.vm_name, r.vm_state, str(n.ip), n.mac, n.vm.libvirt_uri,
                       r.ignition, r.kubernetes])
-    lines = [f"cluster {c.name}  (config {c.source})", f"API {api.text}", "", format_table(table)]
+    lines = [f"cluster {c.name}  (config {c.source})", f"API {api.text}", *([certs] if certs else []), "",
+             format_table(table)]
     if left:
         lines += ["", "not in config:"]
         lines += [f"  {d.name} on {d.uri}: {d.state} ({d.role} {d.node}, {d.ip})" for d in left]

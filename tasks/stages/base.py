@@ -342,3 +342,11 @@ def recreate_requested(node: str) -> bool:
     if value in ("1", "yes", "true", "all"):
         return True
     return node.lower() in {v.strip() for v in value.split(",") if v.strip()}
+
+
+def etcd_forced() -> bool:
+    """`doit ... force_etcd=1`: remove or re-create a control plane's VM without the live quorum
+    check and without removing its etcd member and Node object (tasks/kube/retire.py)."""
+    from doit import get_var
+
+    return str(get_var("force_etcd", "") or "").strip().lower() in ("1", "yes", "true")

@@ -1,5 +1,7 @@
 """`doit kubeconfig`: the cluster's admin credentials as context <name> in the user's kubeconfig
-(the merge rules are in tasks/kube/kubeconfig.py)."""
+(the merge rules are in tasks/kube/kubeconfig.py). admin.conf is the `pki` task's target, so doit
+runs `pki` first, and that re-issues an admin.conf within 30 days of its end from the CA (which it
+never touches) before this merges it."""
 
 from __future__ import annotations
 

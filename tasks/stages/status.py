@@ -14,7 +14,19 @@ def show_status(ctx: Context, no_api: bool, server: str, uri: list[str]) -> None
     c, paths = ctx.cluster, ctx.paths
     api = ApiStatus("not checked (--no-api)") if no_api else probe_api(c, paths, server)
     rows, left, down = collect(c, paths, api, uri)
-    print(format_status(c, api, rows, left, down))
+    print(format_status(c, api, rows, left, down, certs_line(ctx)))
+
+
+def certs_line(ctx: Context) -> str:
+    """The credential that ends first, from the host's files only: status never dials the nodes
+    for it (the nodes' serving certificates: doit certs)."""
+    import datetime
+
+    from tasks.pki.expiry import local_credentials
+    from tasks.report.certs import soonest_line
+
+    now = datetime.datetime.now(datetime.UTC)
+    return soonest_line(local_credentials(ctx.paths, now), now)
 
 
 def task_status() -> dict[str, Any]:

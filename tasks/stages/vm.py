@@ -4,6 +4,8 @@ Each node's Ignition is uploaded into the cluster's storage pool and handed to Q
 fw_cfg (`opt/org.flatcar-linux/config`). A VM records what it was made from in its libvirt
 metadata, so a re-run compares real state, not a stamp: an unchanged node is left alone, a
 changed one stops the run with the command that re-creates it (`doit recreate=<node> vm:<node>`).
+A control plane that gets a new disk leaves etcd first (tasks/kube/retire.py: live quorum check,
+then its Node object and etcd member), unless `force_etcd=1` says to skip that.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.errors import PipelineError
-from tasks.stages.base import Context, action, context, recreate_requested
+from tasks.stages.base import Context, action, config_path, context, etcd_forced, recreate_requested
 from tasks.stages.creators import delayed, inputs_changed
 
 
@@ -22,7 +24,7 @@ from tasks.stages.creators import delayed, inputs_changed
 def create_vm(ctx: Context, node_name: str) -> None:
     """Define and start the node's VM; leave it alone when it already runs from the same inputs."""
     from tasks.libvirt.domain import DomainSpec, define_and_start, domain_state, remove_domain, start
-    from tasks.libvirt.nodes import check_not_changed, delete_node_volumes, ensure_overlay
+    from tasks.libvirt.nodes import check_not_changed, delete_node_volumes, ensure_overlay, replaces_disk
     from tasks.libvirt.storage import upload_volume
     from tasks.libvirt.virsh import host_info
     from tasks.plan.hosts import ignition_volume, node_inputs, overlay_volume
@@ -35,6 +37,8 @@ def create_vm(ctx: Context, node_name: str) -> None:
     inputs = node_inputs(c, paths, node, image.sha256)
     keep = frozenset({overlay_volume(inputs), ignition_volume(inputs)})
     if check_not_changed(node, inputs, recreate_requested(node.name)):
+        if node.is_control_plane and replaces_disk(node, inputs):
+            retire(ctx, node.name, str(node.ip))
         print(f"re-creating {node.vm_name}: its inputs changed and recreate was asked for", file=sys.stderr)
         remove_domain(host.uri, node.vm_name)
         delete_node_volumes(host, node.name, keep)
@@ -70,6 +74,18 @@ def create_vm(ctx: Context, node_name: str) -> None:
     define_and_start(host.uri, spec)
     # Disks of earlier inputs that no VM uses any more (an interrupted re-creation).
     delete_node_volumes(host, node.name, keep)
+
+
+def retire(ctx: Context, node: str, ip: str) -> None:
+    """Before a control plane gets a new disk: keep etcd's quorum, remove its member and Node."""
+    from tasks.kube.retire import retire_control_plane
+
+    if etcd_forced():
+        print(f"force_etcd=1: {node}'s etcd member and Node object are left as they are", file=sys.stderr)
+        return
+    proceed = f"doit config={config_path()} recreate={node} force_etcd=1 vm:{node}"
+    for line in retire_control_plane(ctx.cluster, ctx.paths, node, ip, proceed=proceed, records=ctx.written):
+        print(line, file=sys.stderr)
 
 
 def vm_is_current(node_name: str) -> bool:
