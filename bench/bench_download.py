@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Peak memory and throughput of `doit image`'s download+verify on a 1 GiB file, against curl.
 
-Stand-alone (never run by pytest): makes a random file, a throwaway key and a signature under
-bench/tmp/, serves them with `python -m http.server` on 127.0.0.1, then times in child processes:
+Stand-alone (never run by pytest): makes a random file, a throwaway key, a signature and a
+clear-signed DIGESTS (Flatcar's format) under bench/tmp/, serves them with `python -m http.server`
+on 127.0.0.1, then times in child processes:
 
   curl -o                         the baseline
   download_file                   our streamed download alone
-  ensure_image                    download + GPG verification + sha256 + rename (what `doit image` does)
+  ensure_image (signed DIGESTS)   what `doit image` does: gpg checks the DIGESTS, SHA512 + sha256
+                                  taken by hashlib in the same pass as the download, rename
+  ensure_image (no DIGESTS)       a release without DIGESTS: gpg reads the stream through a FIFO
   gpg --verify                    for context: gpg alone on the file already on disk
+
+Targets (issue 17): ensure_image with the signed DIGESTS within 2x curl's time, peak RSS < 100 MB.
 
 Peak RSS is the child's ru_maxrss from wait4 (the largest of it and the processes it waited for,
 gpg included). Usage: .venv/bin/python bench/bench_download.py [--size-mib 1024] [--repeat 2]
@@ -27,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TMP = ROOT / "bench" / "tmp"
-VERSION = "9999.0.0"
+VERSION = "9999.0.0"  # published with DIGESTS
+PLAIN_VERSION = "9999.0.1"  # the same image, signature only
 IMAGE = "flatcar_production_qemu_image.img"
 
 CHILD_ENSURE = """
@@ -62,18 +68,30 @@ def timed(argv: list[str]) -> tuple[float, float]:
 
 
 def make_release(site: Path, size_mib: int, home: Path) -> Path:
+    import hashlib
+
     folder = site / VERSION
     folder.mkdir(parents=True)
     (site / "current").mkdir()
     (site / "current" / "version.txt").write_text(f"FLATCAR_VERSION={VERSION}\n")
+    digest = hashlib.sha512()
     with (folder / IMAGE).open("wb") as handle:
         for _ in range(size_mib):
-            handle.write(os.urandom(1 << 20))
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            handle.write(block)
     gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
     subprocess.run([*gpg, "--quick-gen-key", "Bench <bench@example.invalid>", "ed25519", "sign", "never"],
                    check=True, capture_output=True)
     subprocess.run([*gpg, "--detach-sign", "--output", str(folder / f"{IMAGE}.sig"), str(folder / IMAGE)],
                    check=True)
+    digests = f"# SHA512 HASH\n{digest.hexdigest()}  {IMAGE}\n"
+    subprocess.run([*gpg, "--clearsign", "--output", str(folder / f"{IMAGE}.DIGESTS.asc")],
+                   input=digests.encode(), check=True)
+    plain = site / PLAIN_VERSION
+    plain.mkdir()
+    os.link(folder / IMAGE, plain / IMAGE)
+    os.link(folder / f"{IMAGE}.sig", plain / f"{IMAGE}.sig")
     key = site / "key.asc"
     key.write_bytes(subprocess.run([*gpg, "--armor", "--export", "bench@example.invalid"], check=True,
                                    capture_output=True).stdout)
@@ -123,8 +141,9 @@ def main() -> None:
             except OSError:
                 time.sleep(0.05)
 
+        ours, plain = "ensure_image (signed DIGESTS)", "ensure_image (no DIGESTS: gpg on the stream)"
         rows: dict[str, list[tuple[float, float]]] = {
-            "curl -o": [], "download_file": [], "ensure_image": [], "gpg --verify alone (context)": []}
+            "curl -o": [], "download_file": [], ours: [], plain: [], "gpg --verify alone (context)": []}
         for i in range(args.repeat):
             out = TMP / "curl.img"
             rows["curl -o"].append(timed(["curl", "-s", "-f", "-o", str(out), url]))
@@ -133,19 +152,20 @@ def main() -> None:
             rows["download_file"].append(timed([sys.executable, "-c", CHILD_DOWNLOAD.format(
                 root=str(ROOT), url=url, out=str(part))]))
             part.unlink()
-            work = TMP / f"run{i}"
-            work.mkdir()
-            config = work / "bench.yaml"
-            config.write_text(
-                "name: bench\nnodes:\n  - {name: cp1, role: control-plane, ip: 192.168.122.31}\n"
-                "network: {vip: 192.168.122.30, prefix: 24, gateway: 192.168.122.1}\n"
-                f"flatcar:\n  version: current\n  base_url: {base}\n  signing_key_url: {key}\n"
-                f"  signing_key_fingerprint: {pin}\n  cache_dir: {work / 'cache'}\n"
-                f"build_dir: {work / 'build'}\n")
-            rows["ensure_image"].append(timed([sys.executable, "-c", CHILD_ENSURE.format(
-                root=str(ROOT), config=str(config))]))
-            shutil.rmtree(work)
-            # The floor under ensure_image: gpg hashing the file (libgcrypt, slower than OpenSSL here).
+            for name, version in ((ours, VERSION), (plain, PLAIN_VERSION)):
+                work = TMP / f"run{i}"
+                work.mkdir()
+                config = work / "bench.yaml"
+                config.write_text(
+                    "name: bench\nnodes:\n  - {name: cp1, role: control-plane, ip: 192.168.122.31}\n"
+                    "network: {vip: 192.168.122.30, prefix: 24, gateway: 192.168.122.1}\n"
+                    f"flatcar:\n  version: '{version}'\n  base_url: {base}\n  signing_key_url: {key}\n"
+                    f"  signing_key_fingerprint: {pin}\n  cache_dir: {work / 'cache'}\n"
+                    f"build_dir: {work / 'build'}\n")
+                rows[name].append(timed([sys.executable, "-c", CHILD_ENSURE.format(
+                    root=str(ROOT), config=str(config))]))
+                shutil.rmtree(work)
+            # The floor under the fallback: gpg hashing the file (libgcrypt).
             image = site / VERSION / IMAGE
             rows["gpg --verify alone (context)"].append(timed(
                 ["gpg", "--homedir", str(home), "--quiet", "--verify", f"{image}.sig", str(image)]))
@@ -159,6 +179,12 @@ def main() -> None:
             wall = min(w for w, _ in samples)
             rss = max(r for _, r in samples)
             print(f"| {name} | {wall:.2f} | {size_mib / wall:.0f} | {rss:.0f} | {wall / best_curl:.2f}x |")
+        wall = min(w for w, _ in rows[ours])
+        rss = max(r for _, r in rows[ours])
+        ratio = wall / best_curl
+        print(f"\nTargets: {ours} <= 2x curl's time: {ratio:.2f}x, {'holds' if ratio <= 2 else 'MISSED'}; "
+              f"peak RSS < 100 MB: {rss * 1.048576:.0f} MB, {'holds' if rss * 1.048576 < 100 else 'MISSED'} "
+              f"(times are the best of {args.repeat}, RSS the largest).")
     finally:
         if server is not None:
             server.terminate()

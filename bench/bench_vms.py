@@ -78,11 +78,11 @@ def main() -> None:
                 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
                 threading.Thread(target=server.serve_forever, daemon=True).start()
                 served = f"http://127.0.0.1:{server.server_address[1]}"
-                kubernetes = bakery_folder(tmp / "mirror", served)  # `doit vm` locks the nodes' downloads
+                kubernetes = bakery_folder(tmp / "mirror", served)  # locked first: the config asks a minor
                 config = write_vm_config(tmp, name, nodes=5, image_dir=image_dir, uri=LOCAL,
                                          base_url=f"{served}/amd64-usr", key=tmp / "key.asc", pin=fpr,
                                          version=VERSION, kubernetes=kubernetes)
-                doit(config, "new_cluster", "pool")
+                doit(config, "lock", "new_cluster", "pool")
                 times: dict[str, list[float]] = {"serial (-n 1)": [], "parallel (-n 5 -P thread)": []}
                 for _ in range(args.rounds):
                     for label, flags in (("serial (-n 1)", ["-n", "1"]),

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """flatcar-ha benchmarks: medians of repeated runs and ratios measured side by side.
 
-    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...] [--ha-baseline CHECKOUT]
+    .venv/bin/python bench/run.py [--repeats N] [--only SECTION ...] [--sizes 5 50 200 500]
+                                  [--ha-baseline CHECKOUT]
 
 Prints a markdown table and writes it, with a description of the machine, to
 bench/results.md (with --only, the sections not run keep their previous results there).
-Absolute times vary between machines; the ratios are what we track.
+Absolute times vary between machines; the ratios are what we track. Every row with a target
+says `holds` or `MISSED`; a scaling table gives cold, no-op and one-change runs of
+`doit new_cluster` per cluster size (500 nodes use a /23).
+
+A no-op is what a user sees when nothing changed: the run is answered from the last run's
+proof (tasks/stages/replay.py). "checked by doit" rows remove the proof first, so doit loads
+and checks every task (the first no-op after any change costs that).
 """
 
 from __future__ import annotations
@@ -13,104 +20,28 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-import yaml
+from measure import ARTICLE, DOIT, ENV, FLOOR, PYTHON, ROOT, Results, Row, run, timed, write_config
+from scaling import SIZES, bench_sizes
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-DOIT = [PYTHON, "-m", "doit", "-f", str(ROOT / "dodo.py")]
 ARTICLE_SCRIPT = ROOT / "bench" / "article" / "generate-k8s-certs.sh"
 ARTICLE_BUTANE = ROOT / "bench" / "article" / "butane"
 
 
-@dataclass
-class Row:
-    section: str
-    name: str
-    seconds: list[float]
-    note: str = ""
-    reference: str | None = None  # name of the row this one is compared with
-    target: float | None = None  # ratio that must hold (<=)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-
-@dataclass
-class Results:
-    rows: list[Row] = field(default_factory=list)
-    facts: list[tuple[str, str, str]] = field(default_factory=list)  # (what, value, target/verdict)
-    reports: list[tuple[str, str]] = field(default_factory=list)  # (title, text) of stand-alone benches
-
-    def add(self, row: Row) -> Row:
-        self.rows.append(row)
-        print(f"  {row.section}: {row.name}: median {row.median * 1000:.1f} ms", flush=True)
-        return row
-
-    def find(self, name: str) -> Row | None:
-        return next((r for r in self.rows if r.name == name), None)
-
-
-def timed(action: Callable[[], object], repeats: int, before: Callable[[], object] | None = None) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-# Users' Pythons cache bytecode; a sandbox that sets PYTHONDONTWRITEBYTECODE would make every
-# run recompile every module and measure the compiler instead of the pipeline.
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def run(argv: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, env=ENV)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def executed_tasks(doit_output: str) -> list[str]:
-    """Tasks doit ran (lines '.  name'), as opposed to up-to-date ones ('-- name')."""
-    return [m.group(1) for m in re.finditer(r"^\.\s+(\S+)", doit_output, re.MULTILINE)]
-
-
-def write_config(path: Path, build_dir: Path, workers: int, control_planes: int = 3) -> None:
-    data = yaml.safe_load((ROOT / "config.yaml").read_text())
-    nodes = [{"name": f"node{i + 1}-cp", "role": "control-plane", "ip": f"192.168.122.{31 + i}"}
-             for i in range(control_planes)]
-    nodes += [{"name": f"node{control_planes + i + 1}-worker", "role": "worker",
-               "ip": f"192.168.122.{31 + control_planes + i}"} for i in range(workers)]
-    data["nodes"] = nodes
-    data["build_dir"] = str(build_dir)
-    # Exact releases build offline without a lock (config.yaml's minor needs `doit lock`).
-    data["kubernetes"].update(version="v1.36.2", crio_version="v1.36.3")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
 def bench_floor(res: Results, repeats: int) -> None:
-    res.add(Row("floor", "python -c 'import doit'", timed(lambda: run([PYTHON, "-c", "import doit"]), repeats)))
+    res.add(Row("floor", FLOOR, timed(lambda: run([PYTHON, "-c", "import doit"]), repeats)))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "c.yaml"
         write_config(cfg, Path(tmp) / "build", workers=2)
         res.add(Row("floor", "doit list (default config)",
                     timed(lambda: run([*DOIT, f"config={cfg}", "list"]), repeats),
-                    reference="python -c 'import doit'", target=2.0))
+                    reference=FLOOR, target=2.0))
 
 
 def bench_pki(res: Results, repeats: int) -> None:
@@ -123,7 +54,7 @@ def bench_pki(res: Results, repeats: int) -> None:
             (Path(tmp) / "butane").mkdir()
             run(["bash", str(ARTICLE_SCRIPT)], cwd=Path(tmp))
 
-    res.add(Row("pki", "article generate-k8s-certs.sh (openssl)", timed(article, repeats)))
+    res.add(Row("pki", ARTICLE, timed(article, repeats)))
     script = ROOT / "scripts" / "generate-k8s-certs"
     if not script.exists():
         return
@@ -133,53 +64,7 @@ def bench_pki(res: Results, repeats: int) -> None:
                 run([PYTHON, str(script), "--dir", str(Path(tmp) / "certs"), "--key-algorithm", alg])
 
         res.add(Row("pki", f"scripts/generate-k8s-certs {algorithm}", timed(ours, repeats),
-                    reference="article generate-k8s-certs.sh (openssl)"))
-
-
-def bench_new_cluster(res: Results, repeats: int, workers: int, label: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "c.yaml"
-        build = Path(tmp) / "build"
-        write_config(cfg, build, workers=workers)
-        argv = [*DOIT, f"config={cfg}", "new_cluster"]
-        counts: dict[str, int] = {}
-
-        def wipe() -> None:
-            shutil.rmtree(build, ignore_errors=True)
-
-        def cold() -> None:
-            counts["cold"] = len(executed_tasks(run(argv).stdout))
-
-        ref = "article generate-k8s-certs.sh (openssl)" if label == "5 nodes" else "new_cluster cold, 5 nodes"
-        target = 0.5 if label == "5 nodes" else 4.0
-        res.add(Row("new_cluster", f"new_cluster cold, {label}", timed(cold, repeats, before=wipe),
-                    note="", reference=ref, target=target))
-        run(argv)
-
-        def noop() -> None:
-            counts["noop"] = len(executed_tasks(run(argv).stdout))
-
-        res.add(Row("new_cluster", f"new_cluster no-op, {label}", timed(noop, repeats),
-                    reference="python -c 'import doit'", target=2.0 if label == "5 nodes" else None))
-        last_worker = f"node{3 + workers}-worker"
-        original = cfg.read_text()
-        changed_tasks: list[str] = []
-
-        def flip() -> None:
-            text = cfg.read_text()
-            old_ip = f"192.168.122.{30 + 3 + workers}"
-            new_ip = "192.168.122.250"
-            cfg.write_text(text.replace(old_ip, new_ip) if old_ip in text else original)
-
-        def change() -> None:
-            changed_tasks[:] = executed_tasks(run(argv).stdout)
-
-        res.add(Row("new_cluster", f"new_cluster one-worker IP change, {label}", timed(change, repeats, before=flip)))
-        cfg.write_text(original)
-        ours = sorted(t for t in changed_tasks if not t.startswith("new_cluster"))
-        res.facts.append((f"tasks executed, {label}: cold / no-op / one-worker change",
-                          f"{counts.get('cold')} / {counts.get('noop')} / {len(ours)}: {', '.join(ours)}",
-                          f"one-worker change must touch only {last_worker}"))
+                    reference=ARTICLE))
 
 
 def article_files(tmp: Path) -> list[str]:
@@ -256,6 +141,18 @@ def render(res: Results, repeats: int) -> str:
             f"| {row.section} | {row.name} | {row.median * 1000:.1f} ms | "
             f"{min(row.seconds) * 1000:.1f}-{max(row.seconds) * 1000:.1f} ms | {ratio} | {verdict} |"
         )
+    if res.scaling:
+        lines += ["", "## Scaling of `doit new_cluster` (medians)", "",
+                  "| nodes | cold | cold per node | no-op | no-op checked by doit | one-worker change |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for nodes, rows in sorted(res.scaling.items()):
+            def ms(row: Row | None) -> str:
+                return f"{row.median * 1000:.0f} ms" if row else ""
+            cold = rows.get("cold")
+            per_node = f"{cold.median * 1000 / nodes:.1f} ms" if cold else ""
+            lines.append(f"| {nodes} | {ms(cold)} | {per_node} | {ms(rows.get('no-op'))} | "
+                         f"{ms(rows.get('no-op checked by doit (no proof)'))} | "
+                         f"{ms(rows.get('one-worker IP change'))} |")
     if res.facts:
         lines += ["", "| fact | value | expectation |", "| --- | --- | --- |"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in res.facts]
@@ -293,8 +190,7 @@ def stand_alone(title: str, script: str, *args: str) -> Callable[[Results, int],
 SECTIONS: dict[str, Callable[[Results, int], None]] = {
     "floor": bench_floor,
     "pki": bench_pki,
-    "new_cluster": lambda res, n: bench_new_cluster(res, n, 2, "5 nodes"),
-    "new_cluster_50": lambda res, n: bench_new_cluster(res, n, 47, "50 nodes"),
+    "new_cluster": lambda res, n: bench_sizes(res, n),
     "translate": bench_translate,
     "download": stand_alone("Download + verify of 1 GiB from 127.0.0.1 against curl (bench/bench_download.py)",
                             "bench_download.py", "--size-mib", "1024", "--repeat", "3"),
@@ -316,6 +212,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--only", nargs="*", choices=sorted(SECTIONS), help="run only these sections")
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES),
+                        help="cluster sizes of the new_cluster section (50 is the reference of 500)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.md")
     parser.add_argument("--ha-baseline", type=Path, metavar="CHECKOUT",
                         help="the ha section also measures this checkout's configs (e.g. an older main)")
@@ -323,7 +221,7 @@ def main() -> None:
     if args.ha_baseline:
         HA_BASELINE[:] = ["--baseline", str(args.ha_baseline.resolve()), "--baseline-name",
                           f"{args.ha_baseline.name} (baseline)"]
-    res = Results()
+    res = Results(sizes=tuple(args.sizes))
     for name, section in SECTIONS.items():
         if args.only and name not in args.only:
             continue

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 PRIVATE_DIR = 0o700
+PUBLIC_DIR = 0o755
 PRIVATE_FILE = 0o600
 PUBLIC_FILE = 0o644
 # Stat fields that change whenever a file's content, mode or identity does: ctime cannot be set
@@ -53,20 +54,22 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> None:
+def atomic_write(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, durable: bool = True) -> None:
     """Write data to path through a temp file + rename, created with `mode` from the start.
 
     The temporary file is created 0600 by mkstemp, so secrets are never briefly readable;
     readers see either the old file or the new one, never a torn one. A missing parent is made
-    0700.
+    0700. durable=False defers the fsync to `sync_pending()` (doit's state backend calls it before
+    it records any task as done), so the outputs of many tasks reach the disk in one batch instead
+    of one commit each.
     """
     payload = data.encode() if isinstance(data, str) else data
-    with atomic_output(path, mode) as handle:
+    with atomic_output(path, mode, durable=durable) as handle:
         handle.write(payload)
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, mode: int = PRIVATE_FILE) -> Iterator[BinaryIO]:
+def atomic_output(path: Path, mode: int = PRIVATE_FILE, *, durable: bool = True) -> Iterator[BinaryIO]:
     """atomic_write for writers that stream (an archive of GiBs): the handle's content replaces
     path, fsynced, only when the block ends without an error. A killed run leaves a
     `.<name>.<random>.tmp` (0600) that the next run sweeps (tasks/buildroot.py), never a torn path."""
@@ -76,16 +79,48 @@ def atomic_output(path: Path, mode: int = PRIVATE_FILE) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    if not durable:
+        _PENDING.append(path)
 
 
-def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) -> bool:
+# Written with durable=False and not yet known to be on disk.
+_PENDING: list[Path] = []
+
+
+def sync_pending() -> None:
+    """fsync every file written with durable=False (and their folders), all at once: concurrent
+    fsyncs share the filesystem's commits, about 0.6 ms a file here instead of 3."""
+    paths = list(dict.fromkeys(_PENDING))
+    _PENDING.clear()
+    if not paths:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    folders = list(dict.fromkeys(p.parent for p in paths))
+    with ThreadPoolExecutor(max_workers=min(32, len(paths) + len(folders))) as pool:
+        list(pool.map(_fsync, [*paths, *folders]))
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # replaced or removed since: whatever holds its name now was synced by its writer
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *, durable: bool = True) -> bool:
     """atomic_write unless path already holds exactly data (keeps mtimes stable); mode re-asserted."""
     payload = data.encode() if isinstance(data, str) else data
     try:
@@ -95,7 +130,7 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE) ->
             return False
     except FileNotFoundError:
         pass
-    atomic_write(path, payload, mode)
+    atomic_write(path, payload, mode, durable=durable)
     return True
 
 

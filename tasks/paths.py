@@ -19,8 +19,9 @@ class Src:
     # Code whose change must re-render every Butane file: the templates' shared parts and the
     # modules that build their contexts and kubeadm documents.
     RENDER_CODE = (
-        BUTANE / "_macros.j2", BUTANE / "_units.j2", BUTANE / "_control_plane.j2",
+        BUTANE / "_macros.j2", BUTANE / "_units.j2", BUTANE / "_control_plane.j2", BUTANE / "_day2.j2",
         TASKS / "plan" / "layers.py", TASKS / "plan" / "templates.py", TASKS / "plan" / "kubeadm.py",
+        TASKS / "plan" / "day2.py",
     )
     # Code whose change must rewrite the private fragments.
     SECRETS_CODE = (TASKS / "plan" / "secrets.py", TASKS / "plan" / "kubeadm.py")

@@ -189,11 +189,14 @@ class Written:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def write(self, path: Path, data: bytes | str, mode: int) -> bool:
-        """write_if_changed + record; a file changed since it was written is named on stderr."""
+    def write(self, path: Path, data: bytes | str, mode: int, *, durable: bool = True) -> bool:
+        """write_if_changed + record; a file changed since it was written is named on stderr.
+
+        durable=False: synced with the run's other such outputs before doit's state is saved
+        (fsutil.sync_pending); a record of a file lost meanwhile only makes its task run again."""
         if self.status(path) == CHANGED:
             print(f"WARNING: {path} was changed since flatcar-ha wrote it: rewritten", file=sys.stderr)
-        changed = write_if_changed(path, data, mode)
+        changed = write_if_changed(path, data, mode, durable=durable)
         self.record(path, mode)
         return changed
 

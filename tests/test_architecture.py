@@ -1,7 +1,7 @@
 """The house rules of tasks/, read from the code with `ast` (see tasks/__init__.py for the map):
 
 - stages (tasks/stages/) hold every doit task creator; a stage imports no other stage but the
-  shared tasks.stages.base;
+  shared ones (base, state, invocation, replay, recorder, creators);
 - libraries (everything else in tasks/) never import a stage or doit;
 - dodo.py imports stages only; nothing in tasks/ imports dodo or edits sys.path;
 - every action of a task is a function of its stage marked @action (takes the cluster's run lock,
@@ -24,7 +24,12 @@ import pytest
 from tasks.paths import PROJECT_ROOT
 from tasks.run import INSTALL_HINTS
 
-SHARED_STAGE_MODULES = {"tasks.stages.base", "tasks.stages.state"}
+# What every stage may share: the context and guard, doit's state backend, the command line, the
+# replayed proofs and the creator helpers.
+SHARED_STAGE_MODULES = {
+    "tasks.stages.base", "tasks.stages.state", "tasks.stages.invocation", "tasks.stages.replay",
+    "tasks.stages.recorder", "tasks.stages.creators",
+}
 MAX_LINES = 400
 
 

@@ -25,15 +25,23 @@ from support.configs import DROP, write_config
 from support.gpg_keys import Keys, write_key
 from support.pipeline import ok, run_doit
 from support.realignition import apply_node_ignition, available
-from support.site import CHANNEL_ROOT, IMAGE, IMAGE_DATA, VERSION, Site
+from support.site import CHANNEL_ROOT, DIGESTS_ASC, IMAGE, IMAGE_DATA, VERSION, Site, digests
 from tasks.artifacts.lockfile import lock_path
 from tasks.config import load_config
 from tasks.paths import Build
 
+SIG = f"{IMAGE}.sig"
 
-def connected_config(where: Path, site: Site, keys: Keys, bakery: Bakery) -> Path:
+
+def connected_config(where: Path, site: Site, keys: Keys, bakery: Bakery, signed_by: str = SIG) -> Path:
+    """signed_by: the release publishes the image's detached signature (SIG) or, as Flatcar's own
+    releases do, a clear-signed DIGESTS beside it (DIGESTS_ASC: then the signature is never fetched)."""
     where.mkdir(parents=True)
-    site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA))
+    if signed_by == SIG:
+        site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA))
+    else:
+        text = digests({IMAGE: IMAGE_DATA})
+        site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA), digests_asc=keys.clearsign(keys.good, text))
     flatcar = {"base_url": site.url + CHANNEL_ROOT, "signing_key_url": str(write_key(where, keys, keys.good)),
                "signing_key_fingerprint": keys.good, "cache_dir": str(where / "cache")}
     kubernetes = {**bakery.settings(), "version": "1.36", "crio_version": DROP}
@@ -59,9 +67,10 @@ def serve_folder(folder: Path) -> Iterator[str]:
         thread.join(5)
 
 
+@pytest.mark.parametrize("signed_by", [SIG, DIGESTS_ASC])
 def test_bundle_holds_the_verified_image_and_every_locked_file(tmp_path: Path, site: Site, keys: Keys,
-                                                               bakery: Bakery) -> None:
-    config = connected_config(tmp_path / "online", site, keys, bakery)
+                                                               bakery: Bakery, signed_by: str) -> None:
+    config = connected_config(tmp_path / "online", site, keys, bakery, signed_by)
     ok(run_doit(config, "bundle"))
     bundle = Build(load_config(config).build_dir).bundle
     with tarfile.open(bundle) as tar:
@@ -74,7 +83,9 @@ def test_bundle_holds_the_verified_image_and_every_locked_file(tmp_path: Path, s
     assert links == {f"{root}/extensions/kubernetes/{kube}": f"{root}/extensions/{kube}",
                      f"{root}/extensions/crio/crio-v1.36.3-x86-64.raw": f"{root}/extensions/crio-v1.36.3-x86-64.raw"}
     assert content[f"{root}/flatcar/stable/{VERSION}/{IMAGE}"] == IMAGE_DATA
-    assert f"{root}/flatcar/stable/{VERSION}/{IMAGE}.sig" in names
+    # What verified the image goes with it (and only that: the other file was never fetched).
+    assert {n for n in names if n.startswith(f"{root}/flatcar/stable/{VERSION}/{IMAGE}.")} == \
+        {f"{root}/flatcar/stable/{VERSION}/{signed_by}"}
     assert content[f"{root}/flatcar/stable/current/version.txt"] == f"FLATCAR_VERSION={VERSION}\n".encode()
     assert content[f"{root}/t1.lock"] == lock_path(config).read_bytes()
     assert f"{root}/cilium_cli/v0.20.0/{CLI_FILE}.sha256sum" in names
@@ -102,7 +113,8 @@ def test_bundle_holds_the_verified_image_and_every_locked_file(tmp_path: Path, s
 @pytest.mark.skipif(not available(), reason="Ignition not found: apt-get install ignition")
 def test_an_air_gapped_site_builds_from_the_bundle_alone(tmp_path: Path, site: Site, keys: Keys,
                                                           bakery: Bakery) -> None:
-    config = connected_config(tmp_path / "online", site, keys, bakery)
+    # Released as Flatcar does (signed DIGESTS): the air-gapped site verifies from the bundle's.
+    config = connected_config(tmp_path / "online", site, keys, bakery, DIGESTS_ASC)
     ok(run_doit(config, "bundle"))
     locked = json.loads(lock_path(config).read_text())["artifacts"]
     unpacked = tmp_path / "offline"

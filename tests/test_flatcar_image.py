@@ -14,15 +14,8 @@ from support.gpg_keys import Keys, agent_running, write_key
 from support.site import CHANNEL_ROOT, FAST, IMAGE, IMAGE_DATA, VERSION, Site, image_cluster
 from tasks.config import Cluster
 from tasks.errors import DownloadError, PipelineError, VerificationError
-from tasks.flatcar.image import (
-    cached_image,
-    ensure_image,
-    gnupg_home,
-    image_manifest_path,
-    read_image_manifest,
-    resolved_version,
-    version_dir,
-)
+from tasks.flatcar.cache import cached_image, gnupg_home, resolved_version, version_dir
+from tasks.flatcar.image import ensure_image, image_manifest_path, read_image_manifest
 
 
 def signed_cluster(tmp_path: Path, site: Site, keys: Keys, signer: str | None = None, name: str = "t1",
@@ -255,7 +248,7 @@ def test_stale_partial_file_from_another_release_gets_one_fresh_download(
     assert [r for _, r in site.image_requests()] == ["bytes=100000-", None]
 
 
-def test_changed_cached_image_is_checked_again_without_download(
+def test_touched_cached_image_is_checked_by_content_without_download(
     tmp_path: Path, site: Site, keys: Keys
 ) -> None:
     c = signed_cluster(tmp_path, site, keys)
@@ -263,9 +256,12 @@ def test_changed_cached_image_is_checked_again_without_download(
     image = cached_image(c.flatcar, VERSION)
     site.behaviour.requests.clear()
     os.utime(image, ns=(1, 1))
-    ensure_image(c, FAST)
-    # One resume request past the end (416): the file is complete and re-verified in place.
-    assert [r for _, r in site.image_requests()] == [f"bytes={len(IMAGE_DATA)}-"]
+    # Its identity changed (mtime, ctime): the content is hashed, found to be the verified one,
+    # and the record takes the new identity; nothing is fetched.
+    assert ensure_image(c, FAST).sha256 == hashlib.sha256(IMAGE_DATA).hexdigest()
+    assert site.behaviour.requests == []
+    record = json.loads((version_dir(c.flatcar, VERSION) / "verified.json").read_text())
+    assert (record["mtime_ns"], record["ctime_ns"]) == (1, image.stat().st_ctime_ns)
     assert image.read_bytes() == IMAGE_DATA
 
 

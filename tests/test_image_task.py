@@ -10,13 +10,14 @@ from pathlib import Path
 
 from support.gpg_keys import Keys, agent_running, write_key
 from support.pipeline import run_doit
-from support.site import IMAGE, IMAGE_DATA, VERSION, Site, image_cluster
+from support.site import IMAGE, IMAGE_DATA, VERSION, Site, digests, image_cluster
 from tasks.flatcar.image import image_manifest_path
 
 # merged=True: doit prints task failures on stdout and our messages go to stderr: read them as one log.
 
 def test_doit_image_downloads_once(tmp_path: Path, site: Site, keys: Keys) -> None:
-    site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA))
+    site.publish(VERSION, IMAGE_DATA, keys.sign(keys.good, IMAGE_DATA),
+                 digests_asc=keys.clearsign(keys.good, digests({IMAGE: IMAGE_DATA})))
     c = image_cluster(tmp_path, site.url, pin=keys.good, key=str(write_key(tmp_path, keys, keys.good)))
 
     first = run_doit(c.source, "image", merged=True)

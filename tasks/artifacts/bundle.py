@@ -3,7 +3,8 @@
     flatcar-ha-bundle/
       <config stem>.lock                            the lock the files were checked against
       mirror.yaml                                   the config keys that point at the served folder
-      flatcar/<channel>/<version>/flatcar_production_qemu_image.img(.sig)   the verified image
+      flatcar/<channel>/<version>/flatcar_production_qemu_image.img         the verified image ...
+      flatcar/<channel>/<version>/<signed file>     ... and what verified it: DIGESTS.asc or .sig
       flatcar/<channel>/current/version.txt         so `flatcar.version: current` finds it
       flatcar/Flatcar_Image_Signing_Key.asc         the key (still checked against the pinned fingerprint)
       extensions/<ext>-<version>-x86-64.raw         a sysext, where Ignition fetches it ...
@@ -104,7 +105,8 @@ def mirror_settings(c: Cluster) -> str:
 def write_bundle(c: Cluster, out: Path, policy: DownloadPolicy = DEFAULT_POLICY,
                  say: Callable[[str], None] | None = None) -> Path:
     """Write the archive at out (atomically): the lock must match the config, the image be verified."""
-    from tasks.flatcar.image import IMAGE_NAME, fetch_signing_key, read_image_manifest
+    from tasks.flatcar.cache import IMAGE_NAME
+    from tasks.flatcar.image import fetch_signing_key, read_image_manifest
 
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     pins = pins_for(c)
@@ -121,9 +123,10 @@ def write_bundle(c: Cluster, out: Path, policy: DownloadPolicy = DEFAULT_POLICY,
         f"flatcar/{image.channel}/current/version.txt": f"FLATCAR_VERSION={image.version}\n".encode(),
     }
     release = f"flatcar/{image.channel}/{image.version}"
+    signed = verified_with(image.path)
     files: list[tuple[list[str], Path]] = [
         ([f"{release}/{IMAGE_NAME}"], image.path),
-        ([f"{release}/{IMAGE_NAME}.sig"], image.path.with_name(IMAGE_NAME + ".sig")),
+        ([f"{release}/{signed.name}"], signed),
     ]
     for w in wanted(c):
         entry = entries[w.name]
@@ -149,6 +152,19 @@ def write_bundle(c: Cluster, out: Path, policy: DownloadPolicy = DEFAULT_POLICY,
                 tar.addfile(link)
     say(f"{out}: {len(files)} files checked against {lock.name}, Flatcar {image.channel} {image.version}")
     return out
+
+
+def verified_with(image: Path) -> Path:
+    """The signed file the cached image was verified with (its release's DIGESTS.asc, or its own
+    .sig): the air-gapped site verifies the image the same way, from the bundle."""
+    from tasks.flatcar.cache import read_record
+
+    name = read_record(image.parent).get("signed")
+    path = image.with_name(name) if isinstance(name, str) and name and "/" not in name else None
+    if path is None or not path.is_file():
+        raise ArtifactError(f"{image.parent} does not say which signed file verified {image.name}",
+                            "run `doit image` again, then `doit bundle`")
+    return path
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -17,6 +17,8 @@ A refusal is a `problem` that `require()` raises when a step needs the pins (ren
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,13 +92,21 @@ def lock_is_current(c: Cluster) -> bool:
         all(mismatch(w, entries[w.name]) is None for w in asked)
 
 
-def lock_stamp(c: Cluster) -> tuple[int, int] | None:
-    """What changes when the lock beside c changes (for callers that keep Pins): mtime and size."""
+def lock_stamp(c: Cluster) -> tuple[int, int, int, int] | None:
+    """What changes when the lock beside c changes (for callers that keep Pins): inode, ctime,
+    mtime and size. The inode and ctime catch a rewrite of the same size within the clock tick
+    of the mtime (`doit lock` replaces the file; an editor may write it in place)."""
     try:
-        stat = lock_path(c.source).stat()
+        stat = os.stat(_lock_file(c.source))
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
+    return stat.st_ino, stat.st_ctime_ns, stat.st_mtime_ns, stat.st_size
+
+
+@functools.cache
+def _lock_file(config: Path) -> str:
+    # lock_stamp runs once per render check (hundreds per run): the path is built once.
+    return str(lock_path(config))
 
 
 def pins_for(c: Cluster) -> Pins:

@@ -7,8 +7,10 @@ import struct
 import zlib
 
 # RFC 3986 unreserved characters plus the sub-delims the dataurl Go package leaves alone.
-_KEEP = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~!'()*")
-_ESCAPES = [chr(b) if b in _KEEP else f"%{b:02X}" for b in range(256)]
+_KEEP_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~!'()*"
+_KEEP = frozenset(_KEEP_BYTES)
+# For str.translate over the bytes read as latin-1 (one character per byte): a loop in C.
+_ESCAPES = {b: f"%{b:02X}" for b in range(256) if b not in _KEEP}
 
 # Go's compress/gzip header: no name, mtime 0, XFL=2 (best compression), OS=255 (unknown).
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
@@ -17,7 +19,7 @@ _GZIP_PENALTY = len("gzip")
 
 
 def percent_encode(data: bytes) -> str:
-    return "".join(_ESCAPES[b] for b in data)
+    return data.decode("latin-1").translate(_ESCAPES)
 
 
 def gzip_best(data: bytes) -> bytes:
@@ -36,10 +38,11 @@ def make_data_url(contents: bytes, compression: str | None) -> tuple[str, str | 
     compressed, are encoded as they are, and the user's value is kept (None returned).
     """
     user_compressed = bool(compression)
-    opaque = "," + percent_encode(contents)
     b64 = ";base64," + base64.b64encode(contents).decode("ascii")
-    if len(b64) < len(opaque):
-        opaque = b64
+    # Each escaped byte takes three characters: skip building the percent form when it loses.
+    escaped = len(contents.translate(None, _KEEP_BYTES))  # what is left once the kept bytes are deleted
+    percent_length = 1 + len(contents) + 2 * escaped
+    opaque = "," + percent_encode(contents) if percent_length <= len(b64) else b64
     chosen: str | None = None if user_compressed else ""
     if not user_compressed:
         gz = ";base64," + base64.b64encode(gzip_best(contents)).decode("ascii")

@@ -11,7 +11,7 @@ from tasks.config.model import Cluster
 from tasks.config.reader import Reader
 from tasks.config.rules import read_cluster
 from tasks.config.yamlguard import MAX_BYTES
-from tasks.config.yamlsource import load_located, remember
+from tasks.config.yamlsource import load_located, parsed_here, remember
 from tasks.errors import ConfigError, Problem
 from tasks.paths import PROJECT_ROOT
 
@@ -100,3 +100,18 @@ def read_config_text(path: Path) -> str:
         what = "binary data" if b"\0" in data else "not UTF-8 text"
         raise ConfigError(str(path), [Problem("<file>", line, f"is {what}: byte {data[exc.start]:#04x} cannot be "
                                               "read as UTF-8")], "save it as UTF-8 text") from None
+
+
+def remember_config(path: Path) -> None:
+    """Keep the parse of path for the next runs, once a config loaded valid in this process (the
+    tasks' loading writes nothing; a run that executes an action calls this). No second parse:
+    what this process parsed is reused, and a parse read from the cache is already kept.
+    Read like any config (read_config_text: a regular file, bounded), so a path that became a FIFO
+    or a device since it was loaded never blocks or floods the run."""
+    try:
+        text = read_config_text(path)
+    except (ConfigError, OSError):
+        return  # a parse not remembered only costs the next run some speed
+    located = parsed_here(text)
+    if located is not None:
+        remember(YAML_CACHE, text, located)

@@ -347,12 +347,37 @@ class Cluster:
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable digest of config parts, for doit's config_changed up-to-date checks."""
-    def plain(value: Any) -> Any:
-        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value  # type: ignore[arg-type]
+    """A stable digest of config parts, for doit's config_changed up-to-date checks.
 
-    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    The text is json of each part, a dataclass part as `dataclasses.asdict` would give it (built
+    here field by field: asdict deep-copies every value, which a 500-node plan pays 2000 times).
+    """
+    text = json.dumps([_plain(p) if _is_dataclass(p) else p for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_dataclass(value: Any) -> bool:
+    return hasattr(type(value), "__dataclass_fields__")
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _plain(value: Any) -> Any:
+    if _is_dataclass(value):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
 
 
 def stable_mac(cluster: str, node: str) -> str:

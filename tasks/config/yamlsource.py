@@ -110,6 +110,15 @@ def cache_entry(cache_dir: Path, text: str) -> Path:
     return cache_dir / (hashlib.sha256(text.encode()).hexdigest() + ".json")
 
 
+# Parses made in this process, by text: remembering a valid config later needs no second parse.
+_PARSED: dict[str, Located] = {}
+
+
+def parsed_here(text: str) -> Located | None:
+    """The parse of text made (not read from the cache) earlier in this process, if any."""
+    return _PARSED.get(text)
+
+
 def load_located(text: str, cache_dir: Path | None = None) -> tuple[Located, list[Problem]]:
     """parse_located, or its result remembered in cache_dir by the text's digest.
 
@@ -124,7 +133,10 @@ def load_located(text: str, cache_dir: Path | None = None) -> tuple[Located, lis
         return Located(cached["data"], cached["lines"]), []
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return parse_located(text)
+    located, problems = parse_located(text)
+    if not problems:
+        _PARSED[text] = located
+    return located, problems
 
 
 def remember(cache_dir: Path, text: str, located: Located) -> None:
@@ -135,13 +147,13 @@ def remember(cache_dir: Path, text: str, located: Located) -> None:
 
 
 def _remember(entry: Path, located: Located) -> None:
-    from tasks.fsutil import atomic_write
+    from tasks.fsutil import PRIVATE_DIR, atomic_write, make_dirs
 
     try:
         payload = json.dumps({"data": located.data, "lines": located.lines})
         if json.loads(payload)["data"] != located.data:
             return  # e.g. a YAML value JSON would change: parse again next time
-        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(entry.parent, PRIVATE_DIR)  # 0700 down from the first missing folder, any umask
         atomic_write(entry, payload)
         _trim(entry.parent)
     except (OSError, TypeError, ValueError):

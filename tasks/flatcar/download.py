@@ -195,7 +195,7 @@ def _attempt(
                 log(f"  {url}: the server ignored the range request; downloading from the start")
             offset = 0
         _write_meta(meta, url, response)
-        with part.open("r+b" if offset else "wb") as handle, _progress(url, offset, total, policy) as bar:
+        with _open_private(part) as handle, _progress(url, offset, total, policy) as bar:
             handle.seek(offset)
             handle.truncate()
             try:
@@ -265,7 +265,9 @@ def _write_meta(meta: Path, url: str, response: requests.Response) -> None:
     etag = response.headers.get("ETag", "")
     # A weak ETag may not be used in If-Range; Last-Modified may.
     validator = etag if etag and not etag.startswith("W/") else response.headers.get("Last-Modified", "")
-    meta.write_text(json.dumps({"url": url, "validator": validator}))
+    with _open_private(meta) as handle:
+        handle.truncate()
+        handle.write(json.dumps({"url": url, "validator": validator}).encode())
 
 
 def _read_meta(meta: Path) -> dict[str, str]:
@@ -295,13 +297,22 @@ def _copy_local(url: str, part: Path, max_bytes: int | None) -> DownloadResult:
             size = os.fstat(src.fileno()).st_size
             if max_bytes is not None and size > max_bytes:
                 raise _too_big(url, max_bytes)
-            with part.open("wb") as dst:
+            with _open_private(part) as dst:
+                dst.truncate()
                 shutil.copyfileobj(src, dst, 1 << 20)
     except FileNotFoundError:
         raise NotFoundError(f"{url}: no such file ({source})") from None
     except IsADirectoryError:
         raise DownloadError(f"{url}: is a directory, not a file") from None
     return DownloadResult(_size(part), resumed=False)
+
+
+def _open_private(path: Path) -> IO[bytes]:
+    """path for reading and writing, created 0600 (whatever the umask): nobody else may change
+    bytes that are being hashed or verified on their way in."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "r+b")
 
 
 def _too_big(url: str, max_bytes: int) -> DownloadError:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,18 @@ def gpg_home(home: Path) -> Iterator[gnupg.GPG]:
         yield gnupg.GPG(gnupghome=str(home), options=GPG_OPTIONS)
     finally:
         stop_agent(home)
+        _tighten(home)
+
+
+def _tighten(home: Path) -> None:
+    """gpg creates its files with the caller's umask (a keyring 0666 under umask 000): private again."""
+    for path in home.rglob("*"):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            if stat.S_ISDIR(st.st_mode):
+                os.chmod(path, 0o700)
+            elif stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(path, 0o600)
 
 
 def stop_agent(home: Path) -> None:
@@ -106,6 +119,25 @@ def verify_detached(gpg: gnupg.GPG, data: Path, signature: Path, pin: str) -> Si
     with signature.open("rb") as handle:
         verified = gpg.verify_file(handle, str(data))
     return judge(verified, f"{data.name} (signature {signature.name})", pin)
+
+
+def verify_clearsigned(gpg: gnupg.GPG, message: bytes, pin: str, subject: str) -> tuple[bytes, SignatureInfo]:
+    """The text a clear-signed message vouches for, if the pinned key signed it; raise otherwise.
+
+    The text is gpg's output, not the file: anything outside the signed block (a preamble, a
+    second unsigned part) never reaches the caller.
+    """
+    result = gpg.decrypt(message)
+    info = judge(result, subject, pin)
+    # A second block after the signed one (another signed message, or junk) makes gpg stop with
+    # an error after vouching for the first: refuse the file rather than guess which part counts.
+    errors = _status_lines(result.stderr or "").get("ERROR", [])
+    code = getattr(result, "returncode", 0)
+    if errors or code:
+        detail = " ".join(errors[0]) if errors else f"exit code {code}"
+        raise VerificationError(f"{subject}: gpg could not read the whole signed file ({detail})",
+                                _hint("", pin))
+    return bytes(result.data or b""), info
 
 
 def judge(verified: gnupg.Verify, subject: str, pin: str) -> SignatureInfo:

@@ -1,14 +1,13 @@
-"""The Flatcar base image: version resolved once, downloaded and GPG-verified once per version.
+"""The Flatcar base image: version resolved once, downloaded and verified once per version.
 
-Cache layout (shared by every cluster that names the same cache_dir):
+Verification: gpg checks the release's small signed DIGESTS file against the pinned key, and the
+image's SHA512 is taken with hashlib while it downloads (one pass, no re-read); a release without
+DIGESTS falls back to gpg checking the image's detached signature as it streams. Either way the
+bytes sit in a `.part` file until they passed, and only then are renamed to the image's name.
 
-    <cache_dir>/flatcar/gnupg/                        private GNUPGHOME (0700): the pinned key only
-    <cache_dir>/flatcar/<channel>/<version>/
-        flatcar_production_qemu_image.img             verified image; nothing else ever sits here
-        flatcar_production_qemu_image.img.sig         its detached signature
-        flatcar_production_qemu_image.img.part        a download in progress (resumable; .part.meta: its URL)
-        .lock                                         serialises clusters fetching the same version
-        verified.json                                 size, mtime, sha256 and the pins that verified it
+The cache (tasks/flatcar/cache.py) keeps each verified image with a record of what it was;
+before the image is used (`doit image`, and every step that reads the manifest: pool upload,
+overlays, VMs) the file is checked against that record.
 
 Per cluster, in build/<name>/: flatcar-version.json (what `current` resolved to, once) and
 flatcar-image.json (the manifest the overlay step reads).
@@ -16,27 +15,39 @@ flatcar-image.json (the manifest the overlay step reads).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import re
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.config import Cluster, Flatcar
 from tasks.errors import DownloadError, PipelineError, VerificationError
+from tasks.flatcar.cache import (
+    IMAGE_NAME,
+    VERSION_RE,
+    Proof,
+    cached_image,
+    content_verified,
+    gnupg_home,
+    locked,
+    prepare_version_dir,
+    read_record,
+    resolved_version,
+    verified_in_cache,
+    version_dir,
+    version_record_path,
+    write_record,
+)
 from tasks.flatcar.download import DEFAULT_POLICY, DownloadPolicy, NotFoundError, download_file, fetch_bytes
 from tasks.fsutil import (
+    PRIVATE_FILE,
     PUBLIC_FILE,
     atomic_write,
     ensure_private_dir,
     private_tempdir,
-    sha256_file,
     write_if_changed,
 )
 from tasks.paths import Build
@@ -44,26 +55,10 @@ from tasks.paths import Build
 if TYPE_CHECKING:
     import gnupg
 
-    from tasks.flatcar.gpg import SignatureInfo
-
-IMAGE_NAME = "flatcar_production_qemu_image.img"
-
-
-
-
-VERSION_RECORD = "flatcar-version.json"
-
-
-CACHE_RECORD = "verified.json"
-
 
 SIG_MAX_BYTES = 64 << 10
-
-
 KEY_MAX_BYTES = 1 << 20
 
-
-VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
 
 
 @dataclass(frozen=True)
@@ -80,55 +75,30 @@ def image_manifest_path(build_root: Path) -> Path:
     return Build(build_root).image_manifest
 
 
-def version_record_path(build_root: Path) -> Path:
-    return build_root / VERSION_RECORD
-
-
-def gnupg_home(fc: Flatcar) -> Path:
-    return fc.cache_dir / "flatcar" / "gnupg"
-
-
-def version_dir(fc: Flatcar, version: str) -> Path:
-    return fc.cache_dir / "flatcar" / fc.channel / version
-
-
-def cached_image(fc: Flatcar, version: str) -> Path:
-    return version_dir(fc, version) / IMAGE_NAME
-
-
 def image_url(fc: Flatcar, version: str) -> str:
     return f"{fc.channel_url}/{version}/{IMAGE_NAME}"
 
 
 def read_image_manifest(build_root: Path) -> ImageManifest:
-    """The manifest written by `doit image`; PipelineError if it is missing or unreadable."""
+    """The manifest written by `doit image`, for an image whose content is still the verified one;
+    PipelineError if it is missing or unreadable, VerificationError if the image changed since."""
     path = image_manifest_path(build_root)
     try:
         data = json.loads(path.read_text())
-        return ImageManifest(channel=str(data["channel"]), version=str(data["version"]),
-                             path=Path(data["path"]), sha256=str(data["sha256"]))
+        manifest = ImageManifest(channel=str(data["channel"]), version=str(data["version"]),
+                                 path=Path(data["path"]), sha256=str(data["sha256"]))
     except FileNotFoundError:
         raise PipelineError(f"{path} does not exist: the Flatcar image has not been verified yet",
                             "run `doit image`") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PipelineError(f"{path} is unreadable ({exc})", "delete it and run `doit image`") from None
-
-
-def resolved_version(c: Cluster) -> str | None:
-    """The concrete Flatcar version of c without touching the network; None if not resolved yet."""
-    fc = c.flatcar
-    if fc.version != "current":
-        return fc.version
-    try:
-        data = json.loads(version_record_path(c.build_dir).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    if (data.get("channel"), data.get("base_url")) != (fc.channel, fc.channel_url):
-        return None
-    version = data.get("version")
-    return version if isinstance(version, str) and VERSION_RE.fullmatch(version) else None
+    record = read_record(manifest.path.parent)
+    if record.get("sha256") != manifest.sha256 or not content_verified(record, manifest.path):
+        raise VerificationError(
+            f"{manifest.path} is not the image that was verified for this cluster (missing, replaced "
+            "or changed since): it is not used",
+            "run `doit image`: it checks the file again and downloads the release if needed")
+    return manifest
 
 
 def resolve_version(c: Cluster, policy: DownloadPolicy = DEFAULT_POLICY) -> str:
@@ -160,40 +130,6 @@ def _not_found_hint(fc: Flatcar) -> str:
             f"flatcar.base_url ({fc.base_url}): the folder must hold <version>/{IMAGE_NAME}")
 
 
-def _read_record(vdir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((vdir / CACHE_RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _record_matches(record: dict[str, Any], image: Path) -> bool:
-    """The image is the very file that was verified (cheap: size and mtime, no hashing)."""
-    try:
-        st = image.stat()
-    except FileNotFoundError:
-        return False
-    return record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
-
-
-def verified_in_cache(fc: Flatcar, version: str) -> str | None:
-    """sha256 of the cached image if it was verified against fc's pin and is unchanged since."""
-    vdir = version_dir(fc, version)
-    record = _read_record(vdir)
-    if _record_matches(record, vdir / IMAGE_NAME) and fc.signing_key_fingerprint in record.get("pins", []):
-        sha = record.get("sha256")
-        return sha if isinstance(sha, str) else None
-    return None
-
-
-def _write_record(vdir: Path, image: Path, sha256: str, pins: list[str]) -> None:
-    st = image.stat()
-    record = {"image": image.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
-              "pins": sorted(set(pins))}
-    atomic_write(vdir / CACHE_RECORD, json.dumps(record, indent=2) + "\n", PUBLIC_FILE)
-
-
 def fetch_signing_key(fc: Flatcar, policy: DownloadPolicy = DEFAULT_POLICY) -> bytes:
     try:
         return fetch_bytes(fc.signing_key_url, policy, max_bytes=KEY_MAX_BYTES)
@@ -216,10 +152,9 @@ def ensure_image(c: Cluster, policy: DownloadPolicy = DEFAULT_POLICY) -> ImageMa
     """Make sure the cluster's Flatcar image is in the cache and verified; write its manifest."""
     fc = c.flatcar
     version = resolve_version(c, policy)
-    vdir = version_dir(fc, version)
-    vdir.mkdir(parents=True, exist_ok=True)
+    vdir = prepare_version_dir(fc, version)
     image = vdir / IMAGE_NAME
-    with _locked(vdir):
+    with locked(vdir):
         sha = verified_in_cache(fc, version)
         if sha is None:
             sha = _obtain(fc, version, policy)
@@ -233,37 +168,39 @@ def ensure_image(c: Cluster, policy: DownloadPolicy = DEFAULT_POLICY) -> ImageMa
 
 
 def _obtain(fc: Flatcar, version: str, policy: DownloadPolicy) -> str:
-    """Download (or re-check) the image under the version lock; return its sha256 once verified."""
-    from tasks.flatcar.gpg import gpg_home, import_pinned_key, verify_detached
+    """Download (or re-check) the image under the version lock; return its sha256 once verified.
+
+    With a signed DIGESTS in the release folder, gpg checks only that small file and the image is
+    hashed (SHA512) as it streams; without one, gpg checks the image's own detached signature.
+    """
+    from tasks.flatcar.gpg import gpg_home, import_pinned_key
 
     vdir = version_dir(fc, version)
-    image, sig, part = vdir / IMAGE_NAME, vdir / f"{IMAGE_NAME}.sig", vdir / f"{IMAGE_NAME}.part"
+    image, part = vdir / IMAGE_NAME, vdir / f"{IMAGE_NAME}.part"
     pin = fc.signing_key_fingerprint
-    record = _read_record(vdir)
-    # Key first, signature second: a wrong pin or a missing .sig fails before the big download.
+    record = read_record(vdir)
+    # Key first, signed DIGESTS or signature second: a wrong pin or a missing signature fails
+    # before the big download.
     key = fetch_signing_key(fc, policy)
     with gpg_home(gnupg_home(fc)) as gpg:
         import_pinned_key(gpg, key, pin, fc.signing_key_url)
-        if _record_matches(record, image):
+        if content_verified(record, image):
             # Verified before, for another cluster's pin: check it for this pin, in place.
-            verify_detached(gpg, image, sig, pin)
-            _write_record(vdir, image, str(record["sha256"]), [*record.get("pins", []), pin])
-            return str(record["sha256"])
+            proof = _recheck_for_pin(gpg, vdir, record, pin)
+            write_record(vdir, image, [*record.get("pins", []), pin], proof)
+            return proof.sha256
         url = image_url(fc, version)
-        try:
-            signature = fetch_bytes(f"{url}.sig", policy, max_bytes=SIG_MAX_BYTES)
-        except NotFoundError as exc:
-            raise DownloadError(f"{exc.message}: without a signature the image cannot be trusted, "
-                                "so it was not downloaded",
-                                _not_found_hint(fc)) from None
-        atomic_write(sig, signature, PUBLIC_FILE)
+        expected = _signed_sha512(gpg, fc, version, pin, policy)
+        if expected is None:
+            _fetch_signature(fc, version, policy)
         if image.exists():
             # Unknown or changed since verification: it goes back to being a download and is re-checked.
             os.replace(image, part)
-            part.with_name(part.name + ".meta").write_text(json.dumps({"url": url, "validator": ""}))
+            os.chmod(part, PRIVATE_FILE)
+            _write_private(part.with_name(part.name + ".meta"), json.dumps({"url": url, "validator": ""}))
         stale = part.exists()
         try:
-            info, sha = _download_verified(gpg, url, part, sig, pin, policy, fc)
+            proof = _download_verified(gpg, url, part, expected, pin, policy, fc)
         except VerificationError as first:
             _discard(part)
             if not stale:
@@ -271,43 +208,128 @@ def _obtain(fc: Flatcar, version: str, policy: DownloadPolicy) -> str:
             # A partial file left by an earlier run may predate a change on the mirror: one fresh try.
             print(f"  {first.message}; retrying with a fresh download", file=sys.stderr)
             try:
-                info, sha = _download_verified(gpg, url, part, sig, pin, policy, fc)
+                proof = _download_verified(gpg, url, part, expected, pin, policy, fc)
             except VerificationError as second:
                 _discard(part)
                 raise _refused(second, image) from None
     os.chmod(part, PUBLIC_FILE)
     os.replace(part, image)
-    _write_record(vdir, image, sha, [pin])
-    print(f"verified {image} ({version}): signed by {info.primary_fingerprint} "
-          f"(subkey {info.signing_fingerprint}), sha256 {sha}", file=sys.stderr)
-    return sha
+    write_record(vdir, image, [pin], proof)
+    info = proof.info
+    how = f"its SHA512 is in {proof.signed}" if proof.sha512 else f"{proof.signed} checks out"
+    signer = f"signed by {info.primary_fingerprint} (subkey {info.signing_fingerprint})" if info else ""
+    print(f"verified {image} ({version}): {how}, {signer}, sha256 {proof.sha256}", file=sys.stderr)
+    return proof.sha256
+
+
+def _signed_sha512(gpg: gnupg.GPG, fc: Flatcar, version: str, pin: str, policy: DownloadPolicy) -> Proof | None:
+    """The image's SHA512 from the release's DIGESTS, verified against the pin (the DIGESTS file is
+    kept in the cache folder); None when the release publishes no DIGESTS that covers the image."""
+    from tasks.flatcar.digests import DIGESTS_MAX_BYTES, digests_names, sha512_for
+    from tasks.flatcar.gpg import verify_clearsigned
+
+    vdir = version_dir(fc, version)
+    for name in digests_names(IMAGE_NAME):
+        try:
+            data = fetch_bytes(f"{fc.channel_url}/{version}/{name}", policy, max_bytes=DIGESTS_MAX_BYTES)
+        except NotFoundError:
+            continue
+        text, info = verify_clearsigned(gpg, data, pin, name)
+        sha512 = sha512_for(text.decode("utf-8", errors="replace"), IMAGE_NAME)
+        if sha512 is None:
+            print(f"  {name} lists no SHA512 for {IMAGE_NAME}", file=sys.stderr)
+            continue
+        atomic_write(vdir / name, data, PUBLIC_FILE)
+        return Proof("", name, sha512, info)
+    return None
+
+
+def _fetch_signature(fc: Flatcar, version: str, policy: DownloadPolicy) -> None:
+    url = f"{image_url(fc, version)}.sig"
+    try:
+        signature = fetch_bytes(url, policy, max_bytes=SIG_MAX_BYTES)
+    except NotFoundError as exc:
+        raise DownloadError(f"{exc.message}: without a signature the image cannot be trusted, "
+                            "so it was not downloaded",
+                            _not_found_hint(fc)) from None
+    atomic_write(version_dir(fc, version) / f"{IMAGE_NAME}.sig", signature, PUBLIC_FILE)
+
+
+def _recheck_for_pin(gpg: gnupg.GPG, vdir: Path, record: dict[str, Any], pin: str) -> Proof:
+    """The cached (content-checked) image, vouched for by pin: its DIGESTS or its signature again."""
+    from tasks.flatcar.digests import sha512_for
+    from tasks.flatcar.gpg import verify_clearsigned, verify_detached
+
+    sha256 = str(record["sha256"])
+    signed = str(record.get("signed") or f"{IMAGE_NAME}.sig")
+    sha512 = record.get("sha512")
+    if isinstance(sha512, str) and signed != f"{IMAGE_NAME}.sig":
+        try:
+            data = (vdir / signed).read_bytes()
+        except OSError as exc:
+            raise VerificationError(f"{vdir / signed} cannot be read: {exc}",
+                                    f"delete {vdir} and run `doit image` again") from None
+        text, info = verify_clearsigned(gpg, data, pin, signed)
+        if sha512_for(text.decode("utf-8", errors="replace"), IMAGE_NAME) != sha512:
+            raise VerificationError(f"{signed} signed by {pin} does not list the cached image's SHA512",
+                                    f"delete {vdir} and run `doit image` again")
+        return Proof(sha256, signed, sha512, info)
+    info = verify_detached(gpg, vdir / IMAGE_NAME, vdir / signed, pin)
+    return Proof(sha256, signed, sha512 if isinstance(sha512, str) else None, info)
 
 
 def _download_verified(
-    gpg: gnupg.GPG, url: str, part: Path, sig: Path, pin: str, policy: DownloadPolicy, fc: Flatcar
-) -> tuple[SignatureInfo, str]:
-    """Download to part, checking the signature and hashing on the fly; return (signature, sha256).
+    gpg: gnupg.GPG, url: str, part: Path, signed: Proof | None, pin: str, policy: DownloadPolicy, fc: Flatcar
+) -> Proof:
+    """Download to part and check it: against the signed SHA512 when there is one, else against
+    the detached signature (gpg reading the stream); the sha256 is taken in the same pass.
 
     The streamed checks only count when the whole file passed through them in order; after a
-    resume or restart the finished file is verified and hashed again from disk.
+    gap the finished file is checked again from disk. A resumed .part is hashed first, then the
+    rest as it arrives.
     """
+    from tasks.flatcar.digests import StreamHasher
     from tasks.flatcar.gpg import StreamingVerify, verify_detached
 
-    digest = hashlib.sha256()
-    with private_tempdir(part.parent, ".verify-") as work, StreamingVerify(gpg, sig, pin, work) as stream:
+    if signed is not None and signed.sha512:
+        digests, sha512 = signed.signed, signed.sha512
+        with StreamHasher(("sha512", "sha256")) as hasher:
+            hasher.prime(part)
+            result = _download(url, part, policy, fc, hasher.feed)
+            found = hasher.digests(part, result.size)
+        if found["sha512"] != sha512:
+            raise VerificationError(
+                f"{part.name}: its SHA512 {found['sha512'][:16]}... is not the {sha512[:16]}... that the "
+                f"signed {digests} gives (tampered or corrupt download)",
+                "the download was deleted; run the task again, and if it repeats, suspect the mirror")
+        return Proof(found["sha256"], digests, sha512, signed.info)
+    sig = part.with_name(IMAGE_NAME + ".sig")
+    with (private_tempdir(part.parent, ".verify-") as work, StreamingVerify(gpg, sig, pin, work) as stream,
+          StreamHasher(("sha256",)) as hasher):
         def sink(offset: int, chunk: bytes) -> None:
-            if offset == stream.fed:
-                digest.update(chunk)
+            hasher.feed(offset, chunk)
             stream.feed(offset, chunk)
 
-        try:
-            result = download_file(url, part, policy, sink=sink)
-        except NotFoundError as exc:
-            raise DownloadError(exc.message, _not_found_hint(fc)) from None
+        result = _download(url, part, policy, fc, sink)
         info = stream.finish(result.size, f"{part.name} (signature {sig.name})")
-    if info is not None:
-        return info, digest.hexdigest()
-    return verify_detached(gpg, part, sig, pin), sha256_file(part)
+        sha256 = hasher.digests(part, result.size)["sha256"]
+    if info is None:
+        info = verify_detached(gpg, part, sig, pin)
+    return Proof(sha256, sig.name, None, info)
+
+
+def _download(url: str, part: Path, policy: DownloadPolicy, fc: Flatcar, sink: Any) -> Any:
+    try:
+        return download_file(url, part, policy, sink=sink)
+    except NotFoundError as exc:
+        raise DownloadError(exc.message, _not_found_hint(fc)) from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, PRIVATE_FILE)
 
 
 def _discard(part: Path) -> None:
@@ -318,17 +340,6 @@ def _discard(part: Path) -> None:
 def _refused(exc: VerificationError, image: Path) -> VerificationError:
     return VerificationError(
         f"{exc.message}\n  the download was deleted; nothing was placed at {image}", exc.hint)
-
-
-@contextlib.contextmanager
-def _locked(vdir: Path) -> Iterator[None]:
-    # Two clusters sharing the cache may run `doit image` at once: one downloads, the other waits.
-    with (vdir / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def image_is_current(c: Cluster) -> bool:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tasks.config import Cluster, Node, fingerprint
 from tasks.errors import LibvirtError, PipelineError
 from tasks.fsutil import sha256_file
-from tasks.libvirt.domain import Placement, VmInputs
-from tasks.libvirt.storage import pool_name, pool_path
 from tasks.paths import Build
-from tasks.plan.layers import virtual_router_id
+
+if TYPE_CHECKING:
+    # Imported where used: every command lists the hosts (the pool tasks), few talk to libvirt.
+    from tasks.libvirt.domain import Placement, VmInputs
 
 
 def host_key(uri: str) -> str:
@@ -39,6 +41,8 @@ class Host:
 
 def hosts(c: Cluster) -> list[Host]:
     """The cluster's hypervisors in config order, each with its nodes and storage pool."""
+    from tasks.libvirt.storage import pool_name, pool_path
+
     grouped: dict[str, list[Node]] = {}
     for node in c.nodes:
         grouped.setdefault(node.vm.libvirt_uri, []).append(node)
@@ -58,10 +62,15 @@ def spec_fingerprint(node: Node) -> str:
 
 def placement(c: Cluster, node: Node) -> Placement:
     """What the node's VM records about its place on the network (for other clusters' preflight)."""
+    from tasks.libvirt.domain import Placement
+    from tasks.plan.layers import virtual_router_id
+
     return Placement(node.vm.libvirt_network, str(node.ip), str(c.network.vip), virtual_router_id(c.name))
 
 
 def node_inputs(c: Cluster, paths: Build, node: Node, image_sha256: str) -> VmInputs:
+    from tasks.libvirt.domain import VmInputs
+
     ign = paths.ign_file(node.name)
     try:
         ign_sha = sha256_file(ign)

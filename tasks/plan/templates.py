@@ -20,13 +20,13 @@ def environment(bytecode_dir: Path | None = None) -> Any:
     """
     import jinja2
 
+    from tasks.fsutil import PRIVATE_DIR, make_dirs
     from tasks.plan.kubeadm import render_config
 
     cache = None
     if bytecode_dir is not None:
-        from tasks.fsutil import make_dirs
-
-        make_dirs(bytecode_dir)
+        # Compiled templates are code this process runs: nobody else may write there (any umask).
+        make_dirs(bytecode_dir, PRIVATE_DIR)
         cache = jinja2.FileSystemBytecodeCache(str(bytecode_dir))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Src.BUTANE)),

@@ -14,9 +14,13 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.config import Cluster
 from tasks.paths import Build, Src
+
+if TYPE_CHECKING:
+    from tasks.plan.layers import Output
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,16 @@ class Unit:
     origin: Path | None = None  # a user layer's own file (we translate its copy)
 
 
-def units(c: Cluster, paths: Build) -> list[Unit]:
-    """Every translation of the cluster, in dependency order (cheap: reads only user layers)."""
+def units(c: Cluster, paths: Build, planned: Iterable[Output] | None = None) -> list[Unit]:
+    """Every translation of the cluster, in dependency order (cheap: reads only user layers).
+
+    planned: the cluster's outputs when the caller has them (the run's plan, computed once with
+    the lock's pins); otherwise they are planned here."""
     from tasks.plan.layers import extra_layers, outputs
 
     result = [
         Unit(out.name, paths.root, out.refs, f"Translate {out.name} to Ignition")
-        for out in outputs(c)
+        for out in (outputs(c) if planned is None else planned)
     ]
     extras: list[Unit] = []
     for source, name in extra_layers(c).items():

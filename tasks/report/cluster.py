@@ -7,7 +7,7 @@ from tasks.report.table import format_table
 
 
 def _flatcar_version(c: Cluster) -> str:
-    from tasks.flatcar.image import resolved_version
+    from tasks.flatcar.cache import resolved_version
 
     if c.flatcar.version != "current":
         return c.flatcar.version

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 from tasks.config import Cluster, Node, load_config
 from tasks.errors import PipelineError, format_error
 from tasks.paths import PROJECT_ROOT, Build
+from tasks.stages.replay import replayable
 
 if TYPE_CHECKING:
     from tasks.artifacts.pins import Pins
@@ -187,7 +188,9 @@ def state_file() -> str:
 @functools.cache
 def _remember_config() -> None:
     """Keep the valid config's parse for the next runs (speed); only once a task really runs."""
-    load_config(config_path(), remember_valid=True)
+    from tasks.config.load import remember_config
+
+    remember_config(config_path())
 
 
 _run_lock: int | None = None
@@ -281,18 +284,15 @@ def _guarded(fn: Callable[Concatenate[Context, P], Any], *, writes: bool) -> Cal
     return wrapper
 
 
-def checked_when_run(compute: Callable[[], str]) -> Any:
-    """doit's config_changed on a value computed when doit checks the task, not when it loads
-    the tasks: what an earlier task of the same run wrote (the lock, in `doit ha`) counts."""
-    from doit.tools import config_changed
-
-    class _WhenRun(config_changed):  # type: ignore[misc]
-        def _calc_digest(self) -> str:
-            return compute()
-
-    return _WhenRun(None)
+def _records() -> list[str]:
+    """What targets_intact reads besides the targets and their folders (for replay proofs)."""
+    paths = context().paths
+    return [str(paths.written), str(paths.digest_key)]
 
 
+# A proof (tasks/stages/replay.py) stands for these checks while the records, the key, the targets,
+# their inputs and their folders keep their identities: a tampered output changes its own.
+@replayable(reads=_records)
 def targets_intact(task: Any) -> bool:
     """doit up-to-date check: every target is the file this pipeline last wrote, content and mode.
 
@@ -315,6 +315,7 @@ def targets_intact(task: Any) -> bool:
     return all(ctx.written.status(target) == OK for target in task.targets)
 
 
+@replayable()
 def mode_follows_inputs(task: Any) -> bool:
     """doit up-to-date check: the target's mode is what its file_dep call for now (secret in,
     secret out): an input made private since, with the same content, makes the output private."""

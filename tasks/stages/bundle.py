@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.stages.base import Context, action, checked_when_run, context, targets_intact
+from tasks.stages.base import Context, action, context, targets_intact
+from tasks.stages.creators import inputs_when_checked
 
 
 @action
@@ -37,6 +38,6 @@ def task_bundle() -> dict[str, Any]:
         "actions": [write_bundle],
         "task_dep": ["lock", "image"],
         "targets": [str(context().paths.bundle)],
-        "uptodate": [checked_when_run(_inputs), targets_intact],
+        "uptodate": [inputs_when_checked(_inputs), targets_intact],
         "verbosity": 2,
     }

@@ -9,6 +9,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.errors import PipelineError
 from tasks.stages.base import Context, action, context
+from tasks.stages.creators import inputs_changed
 
 
 @action
@@ -73,8 +74,6 @@ def task_preflight() -> Iterator[dict[str, Any]]:
 
 def task_pool() -> Iterator[dict[str, Any]]:
     """Create each hypervisor's storage pool for the cluster and upload the base image once."""
-    from doit.tools import config_changed
-
     ctx = context()
     for host in ctx.hosts.values():
         yield {
@@ -84,7 +83,7 @@ def task_pool() -> Iterator[dict[str, Any]]:
             "file_dep": [str(ctx.paths.image_manifest)],
             "task_dep": [f"preflight:{host.key}"],
             "uptodate": [
-                config_changed(fingerprint(host.uri, host.pool_path)),
+                inputs_changed(fingerprint(host.uri, host.pool_path)),
                 (host_is_prepared, [host.key], {}),
             ],
         }

@@ -6,6 +6,7 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.stages.base import Context, action, context, targets_intact
+from tasks.stages.creators import inputs_changed
 
 
 @action
@@ -43,14 +44,12 @@ def task_verify_gpg() -> dict[str, Any]:
 
 
 def task_image() -> dict[str, Any]:
-    """Download and GPG-verify the Flatcar image (once per version)."""
-    from doit.tools import config_changed
-
+    """Download and verify the Flatcar image against the pinned key (once per version)."""
     ctx = context()
     return {
         "actions": [obtain_image],
         "targets": [str(ctx.paths.image_manifest)],
         # The config part first (cheap); then whether the verified file is still the one recorded.
-        "uptodate": [config_changed(fingerprint(ctx.cluster.flatcar)), targets_intact, image_is_current],
+        "uptodate": [inputs_changed(fingerprint(ctx.cluster.flatcar)), targets_intact, image_is_current],
         "verbosity": 2,
     }

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from tasks.stages.base import Context, action, context
+from tasks.stages.replay import replayable
 
 # Tasks that go online anyway: run with one of them, the lock may be resolved.
 ONLINE_TASKS = frozenset({"lock", "ha", "vm", "bundle"})
@@ -41,7 +42,9 @@ def online_run() -> bool:
     return bool(named & ONLINE_TASKS)
 
 
-def lock_is_current() -> bool:
+# Reads the command line, the config and its lock only: a proof may stand for it (replay.py).
+@replayable(deadline=lambda values: float("inf"))
+def lock_is_current(task: Any, values: dict[str, Any]) -> bool:
     """Up to date: the lock matches the config, or this run stays offline (see the module doc)."""
     from tasks.artifacts.pins import lock_is_current as current
 

@@ -8,6 +8,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.errors import PipelineError
 from tasks.stages.base import Context, action, context, recreate_requested
+from tasks.stages.creators import delayed, inputs_changed
 
 
 @action
@@ -38,10 +39,9 @@ def overlay_is_present(node_name: str) -> bool:
         return False
 
 
+@delayed
 def task_overlay() -> Iterator[dict[str, Any]]:
     """Create each node's qcow2 overlay on the base image, tied to the node's Ignition."""
-    from doit.tools import config_changed
-
     ctx = context()
     manifest = str(ctx.paths.image_manifest)
     for node in ctx.cluster.nodes:
@@ -51,6 +51,7 @@ def task_overlay() -> Iterator[dict[str, Any]]:
             "doc": f"{node.vm.disk_gib} GiB overlay of {node.name} in pool {host.pool} on {host.uri}",
             "actions": [(prepare_overlay, [node.name])],
             "file_dep": [manifest, str(ctx.paths.ign_file(node.name))],
-            "task_dep": [f"pool:{host.key}"],
-            "uptodate": [config_changed(fingerprint(node.vm)), (overlay_is_present, [node.name], {})],
+            # Explicit: doit links a file_dep to its maker only among tasks it has already created.
+            "task_dep": [f"pool:{host.key}", "translate"],
+            "uptodate": [inputs_changed(fingerprint(node.vm)), (overlay_is_present, [node.name], {})],
         }

@@ -11,6 +11,8 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.pki import PKI_FILES, pki_settings
 from tasks.stages.base import Context, action, config_path, context, targets_intact
+from tasks.stages.creators import inputs_changed
+from tasks.stages.replay import replayable
 
 
 def rotate_hint() -> str:
@@ -76,6 +78,13 @@ def rotate_pki(ctx: Context) -> None:
     print("Every node must be re-created: its Ignition embeds the old CAs and token (doit rm_ha ha).")
 
 
+def _renewal_due(values: dict[str, Any]) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(values["admin_renew_after"]).timestamp()
+
+
+@replayable(deadline=_renewal_due)
 def admin_cert_current(task: Any, values: dict[str, Any]) -> bool:
     """doit up-to-date check: the admin client certificate is not yet due for renewal. Cheap on
     purpose (no X.509 parsing on a no-op run); that the files are the ones the pipeline wrote is
@@ -91,8 +100,6 @@ def admin_cert_current(task: Any, values: dict[str, Any]) -> bool:
 
 def task_pki() -> dict[str, Any]:
     """Generate the cluster PKI once: CAs, SA key, token, CA hash, admin.conf."""
-    from doit.tools import config_changed
-
     ctx = context()
     c, paths = ctx.cluster, ctx.paths
     return {
@@ -101,7 +108,7 @@ def task_pki() -> dict[str, Any]:
         # Any change here makes the action check the set; it then refuses (key algorithm,
         # validity) or rewrites only admin.conf (VIP, port): it never regenerates a CA.
         "uptodate": [
-            config_changed(fingerprint(pki_settings(c), str(c.network.vip), c.network.apiserver_port)),
+            inputs_changed(fingerprint(pki_settings(c), str(c.network.vip), c.network.apiserver_port)),
             admin_cert_current,
             targets_intact,
         ],

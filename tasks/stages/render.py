@@ -16,7 +16,8 @@ from typing import Any
 
 from tasks.config import fingerprint
 from tasks.paths import Src
-from tasks.stages.base import Context, action, checked_when_run, context, mode_follows_inputs, targets_intact
+from tasks.stages.base import Context, action, context, mode_follows_inputs, targets_intact
+from tasks.stages.creators import delayed, inputs_when_checked
 
 
 @action
@@ -35,8 +36,9 @@ def write_output(ctx: Context, name: str) -> None:
     text = render_output(out, environment(ctx.cluster.flatcar.cache_dir / "jinja"))
     check_references(out, text)
     ensure_private_dir(ctx.paths.butane)
-    # No secret is ever rendered, so the Butane text itself is public (its folder is not).
-    ctx.written.write(ctx.paths.butane_file(name), text, PUBLIC_FILE)
+    # No secret is ever rendered, so the Butane text itself is public (its folder is not). Synced
+    # with the run's other outputs before doit's state records them (tasks/fsutil.py).
+    ctx.written.write(ctx.paths.butane_file(name), text, PUBLIC_FILE, durable=False)
 
 
 @action
@@ -46,7 +48,7 @@ def copy_extra(ctx: Context, source: Path, name: str) -> None:
 
     ensure_private_dir(ctx.paths.butane)
     # A user layer only its owner may read stays that way in our copy (and in its Ignition).
-    ctx.written.write(ctx.paths.butane_file(name), source.read_bytes(), output_mode([source]))
+    ctx.written.write(ctx.paths.butane_file(name), source.read_bytes(), output_mode([source]), durable=False)
 
 
 def _context_digest(name: str) -> str:
@@ -54,6 +56,7 @@ def _context_digest(name: str) -> str:
     return fingerprint(out.template, out.context)
 
 
+@delayed
 def task_render() -> Iterator[dict[str, Any]]:
     """Render the Butane layers and one Butane file per node from config.yaml."""
     from tasks.plan.layers import extra_layers
@@ -69,7 +72,7 @@ def task_render() -> Iterator[dict[str, Any]]:
             # After `doit ha` (or lock) wrote the lock, even in parallel runs; offline, a no-op.
             "task_dep": ["lock"],
             "targets": [str(ctx.paths.butane_file(out.name))],
-            "uptodate": [checked_when_run(functools.partial(_context_digest, out.name)), targets_intact],
+            "uptodate": [inputs_when_checked(functools.partial(_context_digest, out.name)), targets_intact],
             "clean": True,
         }
     for source, name in extra_layers(ctx.cluster).items():

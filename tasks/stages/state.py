@@ -73,6 +73,11 @@ class AtomicJsonDB:
         Then, when no other run holds the cluster, clear what killed runs left (tasks/stages/
         base.py): "cleaned at the next run" includes a run that wrote nothing.
         """
+        from tasks.fsutil import sync_pending
+
+        # The run's outputs written without their own fsync reach the disk first, in one batch:
+        # the state never says a task is done while its output may still be lost.
+        sync_pending()
         if self._touched or self._cleared:
             self._save()
         from tasks.stages.base import context, tidy_if_free

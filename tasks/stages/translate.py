@@ -13,6 +13,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.plan.translation import Unit
 from tasks.stages.base import Context, action, context, mode_follows_inputs, targets_intact
+from tasks.stages.creators import delayed, inputs_changed
 
 
 @functools.cache
@@ -20,7 +21,8 @@ def _units() -> dict[str, Unit]:
     from tasks.plan.translation import units
 
     ctx = context()
-    return {u.name: u for u in units(ctx.cluster, ctx.paths)}
+    # The run's plan: the outputs are not planned (nor the lock read) a second time.
+    return {u.name: u for u in units(ctx.cluster, ctx.paths, ctx.outputs.values())}
 
 
 @action
@@ -41,13 +43,13 @@ def translate_unit(ctx: Context, name: str) -> None:
         raise TranslateError(str(exc).replace(str(source), str(unit.origin)),
                              f"fix {unit.origin} (butane.extra_layers in {c.source})") from None
     ensure_private_dir(paths.ign)
-    ctx.written.write(paths.ign_file(name), data, output_mode(unit_inputs(unit, paths)))
+    # Synced with the other outputs before doit's state records them (tasks/fsutil.py).
+    ctx.written.write(paths.ign_file(name), data, output_mode(unit_inputs(unit, paths)), durable=False)
 
 
+@delayed
 def task_translate() -> Iterator[dict[str, Any]]:
     """Translate each Butane file to Ignition (deps: the files it merges and embeds)."""
-    from doit.tools import config_changed
-
     from tasks.plan.translation import backend_settings, translator_digest, unit_inputs
 
     ctx = context()
@@ -60,6 +62,8 @@ def task_translate() -> Iterator[dict[str, Any]]:
             "actions": [(translate_unit, [unit.name])],
             "file_dep": [str(p) for p in unit_inputs(unit, paths)],
             "targets": [str(paths.ign_file(unit.name))],
-            "uptodate": [config_changed(backend), targets_intact, mode_follows_inputs],
+            # Explicit: render's creator may not have run yet when this one does (both are delayed).
+            "task_dep": ["render"],
+            "uptodate": [inputs_changed(backend), targets_intact, mode_follows_inputs],
             "clean": True,
         }

@@ -19,6 +19,7 @@ from typing import Any
 from tasks.config import fingerprint
 from tasks.errors import PipelineError
 from tasks.stages.base import Context, action, config_path, context, etcd_forced, recreate_requested
+from tasks.stages.creators import delayed, inputs_changed
 
 
 @action
@@ -147,10 +148,9 @@ def remove_cluster(ctx: Context) -> None:
                   f"({', '.join(left[:5])}); the folder stays", file=sys.stderr)
 
 
+@delayed
 def task_vm() -> Iterator[dict[str, Any]]:
     """Create and start each node's VM with virt-install and its Ignition (doit recreate=<node> replaces one)."""
-    from doit.tools import config_changed
-
     ctx = context()
     manifest = str(ctx.paths.image_manifest)
     for node in ctx.cluster.nodes:
@@ -159,11 +159,13 @@ def task_vm() -> Iterator[dict[str, Any]]:
             "doc": f"VM {node.vm_name} on {node.vm.libvirt_uri}",
             "actions": [(create_vm, [node.name])],
             "file_dep": [manifest, str(ctx.paths.ign_file(node.name))],
-            "task_dep": ["lock", f"overlay:{node.name}"],
-            "uptodate": [config_changed(fingerprint(node)), (vm_is_current, [node.name], {})],
+            # The VM makes its own overlay (create_vm); the pool holds the base image.
+            "task_dep": ["lock", f"pool:{ctx.host(node).key}", "translate"],
+            "uptodate": [inputs_changed(fingerprint(node)), (vm_is_current, [node.name], {})],
         }
 
 
+@delayed
 def task_rm_vm() -> Iterator[dict[str, Any]]:
     """Remove each node's VM, disk, Ignition copy and boot log (missing ones are fine)."""
     for node in context().cluster.nodes:

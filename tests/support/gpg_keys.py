@@ -52,6 +52,10 @@ class Keys:
         # A primary fingerprint lets gpg pick the key's signing subkey, as Flatcar's key does.
         return gpg(self.home, *fake, "--local-user", fpr, "--detach-sign", "--output", "-", input=data)
 
+    def clearsign(self, fpr: str, text: bytes) -> bytes:
+        """text clear-signed by fpr (its signing subkey), as Flatcar signs its DIGESTS files."""
+        return gpg(self.home, "--local-user", fpr, "--clearsign", "--output", "-", input=text)
+
     def image_signature(self, fpr: str) -> bytes:
         """A signature of IMAGE_DATA by fpr, made while the key could sign (before it expired or was revoked)."""
         if fpr == self.revoked:

@@ -2,6 +2,7 @@
 
 `serve_site()` starts it (the `site` fixture in conftest.py); `Site.publish` puts a release on
 it, laid out as Flatcar's own (CHANNEL_ROOT/<version>/IMAGE, .sig, current/version.txt);
+`digests()` writes a release's DIGESTS file (Flatcar's format) for a test key to clear-sign.
 `Behaviour` makes it fail, cut or stall chosen requests. `image_cluster` writes a config whose
 image comes from it. FAST is a download policy with small numbers, so failure paths take well
 under a second.
@@ -27,6 +28,7 @@ from tasks.config import Cluster, parse_config
 from tasks.flatcar.download import DownloadPolicy
 
 IMAGE = "flatcar_production_qemu_image.img"
+DIGESTS_ASC = f"{IMAGE}.DIGESTS.asc"
 VERSION = "4081.2.0"
 CHANNEL_ROOT = "/amd64-usr"
 
@@ -148,17 +150,30 @@ class Site:
     url: str
 
     def publish(self, version: str, image: bytes, signature: bytes | None, current: bool = True,
-                channel_root: str = CHANNEL_ROOT) -> None:
+                channel_root: str = CHANNEL_ROOT, digests_asc: bytes | None = None,
+                digests_name: str = DIGESTS_ASC) -> None:
+        """A release: the image, its detached signature, and (digests_asc) its clear-signed DIGESTS."""
         files = self.behaviour.files
         files[f"{channel_root}/{version}/{IMAGE}"] = image
         if signature is not None:
             files[f"{channel_root}/{version}/{IMAGE}.sig"] = signature
+        if digests_asc is not None:
+            files[f"{channel_root}/{version}/{digests_name}"] = digests_asc
         if current:
             files[f"{channel_root}/current/version.txt"] = (
                 f"FLATCAR_VERSION={version}\nFLATCAR_VERSION_ID={version}\nFLATCAR_BUILD=1\n".encode())
 
     def image_requests(self) -> list[tuple[str, str | None]]:
         return [r for r in self.behaviour.requests if r[0].endswith(IMAGE)]
+
+
+def digests(files: dict[str, bytes]) -> bytes:
+    """A DIGESTS file as Flatcar's build writes it: per file an MD5, a SHA1 and a SHA512 block."""
+    lines = []
+    for name, data in files.items():
+        for header, algorithm in (("MD5", "md5"), ("SHA1", "sha1"), ("SHA512", "sha512")):
+            lines += [f"# {header} HASH", f"{hashlib.new(algorithm, data).hexdigest()}  {name}"]
+    return ("\n".join(lines) + "\n").encode()
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from support.configs import DROP, write_config
 from support.gpg_keys import Keys, write_key
 from support.libvirtd import LOCAL, virsh
 from support.pipeline import run_doit
-from support.site import CHANNEL_ROOT, VERSION, Site
+from support.site import CHANNEL_ROOT, IMAGE, VERSION, Site, digests
 from tasks.config import Cluster, parse_config
 from tasks.libvirt.domain import FWCFG_NAME, disk_file, fwcfg_file
 from tasks.paths import Build
@@ -211,7 +211,9 @@ def vm_clusters(where: Path, site: Site, keys: Keys) -> Iterator[MakeCluster]:
     """A factory `make(nodes, uri=LOCAL)` of VmClusters; every one made is swept at the end."""
     made: list[VmCluster] = []
     image = tiny_qcow2(where / "base.qcow2").read_bytes()
-    site.publish(VERSION, image, keys.sign(keys.good, image))
+    # As Flatcar publishes it: the image's signature and its clear-signed DIGESTS (the path used).
+    site.publish(VERSION, image, keys.sign(keys.good, image),
+                 digests_asc=keys.clearsign(keys.good, digests({IMAGE: image})))
     key = write_key(where, keys, keys.good)
     kubernetes = {**fake_bakery(site).settings(), "version": "1.36", "crio_version": DROP}
 
