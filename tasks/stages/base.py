@@ -28,6 +28,10 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 from tasks.config import Cluster, Node, load_config
 from tasks.errors import PipelineError, format_error
 from tasks.paths import PROJECT_ROOT, Build
+
+# Where the user asked doit to work: one definition (invocation.py), re-exported for the stages.
+from tasks.stages.invocation import config_path as config_path
+from tasks.stages.invocation import user_cwd as user_cwd
 from tasks.stages.replay import replayable
 
 if TYPE_CHECKING:
@@ -38,31 +42,6 @@ if TYPE_CHECKING:
     from tasks.written import Written
 
 P = ParamSpec("P")
-
-
-def config_path() -> Path:
-    """The config file named by `doit config=...`, resolved against the user's directory.
-
-    doit may have changed directory to dodo.py's folder (`doit -k`), so relative names are
-    taken relative to the directory doit was started from.
-    """
-    from doit import get_var, loader
-
-    name = get_var("config", os.environ.get("FLATCAR_HA_CONFIG", ""))
-    if not name:
-        return PROJECT_ROOT / "config.yaml"
-    path = Path(name).expanduser()
-    if path.is_absolute():
-        return path
-    start = getattr(loader, "initial_workdir", None) or os.getcwd()
-    return Path(start) / path
-
-
-def user_cwd() -> Path:
-    """The folder the user started doit in (doit runs actions in dodo.py's folder)."""
-    from doit import loader
-
-    return Path(getattr(loader, "initial_workdir", None) or os.getcwd())
 
 
 @dataclass(frozen=True)
