@@ -14,7 +14,8 @@ for the PKI, refused) instead of being used.
   stay cheap. (An in-place edit of the same size within the file system's timestamp granularity,
   a few milliseconds, right after the pipeline wrote the file, would go unseen.)
 - Records are saved under the state lock by merging this process's changes into the file on
-  disk, so concurrent or parallel (`doit -P`) runs never drop each other's records.
+  disk, so concurrent or parallel (`doit -P`) runs never drop each other's records. A doit run
+  saves them once, right before doit's state (tasks/stages/base.py: records_saved_at_end).
 """
 
 from __future__ import annotations

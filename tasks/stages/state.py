@@ -39,6 +39,9 @@ class AtomicJsonDB:
         self._touched: set[str] = set()
         self._cleared = False
         self._db: dict[str, dict[str, Any]] = self._load(quiet=False)
+        from tasks.stages.base import save_records_at_end
+
+        save_records_at_end()
 
     def _load(self, *, quiet: bool) -> dict[str, dict[str, Any]]:
         try:
@@ -74,14 +77,15 @@ class AtomicJsonDB:
         base.py): "cleaned at the next run" includes a run that wrote nothing.
         """
         from tasks.fsutil import sync_pending
+        from tasks.stages.base import context, save_deferred_records, tidy_if_free
 
-        # The run's outputs written without their own fsync reach the disk first, in one batch:
-        # the state never says a task is done while its output may still be lost.
+        # The run's outputs written without their own fsync reach the disk first, in one batch,
+        # then their write records, then the state: the state never says a task is done while its
+        # output or record may still be lost (a lost record only makes its task run again).
         sync_pending()
+        save_deferred_records(context())
         if self._touched or self._cleared:
             self._save()
-        from tasks.stages.base import context, tidy_if_free
-
         tidy_if_free(context())
 
     def _save(self) -> None:
