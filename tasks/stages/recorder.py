@@ -46,6 +46,16 @@ def _pure_reads(task: Any) -> list[str] | None:
     return [str(p) for p in reads] if isinstance(reads, list | tuple) else None
 
 
+def skip_final_collection() -> None:
+    """The run is over: spare the interpreter's last garbage collection over everything the run
+    built (tasks, plan, config), about 90 ms of a 1 s first build. Frozen objects are freed by
+    the process's exit instead; nothing of ours waits for a collector to run (files are closed
+    and saved by then)."""
+    import gc
+
+    gc.freeze()
+
+
 class Recorder(ConsoleReporter):  # type: ignore[misc]
     """doit's console output; a run it can prove leaves a proof for the next identical one."""
 
@@ -121,6 +131,7 @@ class Recorder(ConsoleReporter):  # type: ignore[misc]
 
     def complete_run(self) -> None:
         super().complete_run()
+        skip_final_collection()
         if self._key is None:
             return
         try:
