@@ -244,11 +244,13 @@ def version_placeholder(url: str) -> str | None:
 
 def time_zone(name: str) -> str | None:
     """A zone Kured's Go runtime knows too: the IANA database (checked here when the host has it)."""
+    if name in ("UTC", "Local"):
+        return None
     import zoneinfo
 
-    if name in ("UTC", "Local") or not zoneinfo.available_timezones():
-        return None
-    if name not in zoneinfo.available_timezones():
+    # The whole database is read to list it: once.
+    zones = zoneinfo.available_timezones()
+    if zones and name not in zones:
         return f"{describe(name)} is not a time zone of the IANA database (e.g. UTC, Europe/Berlin)"
     return None
 

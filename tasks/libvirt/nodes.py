@@ -11,10 +11,10 @@ from pathlib import Path
 from tasks.config import Node
 from tasks.errors import LibvirtError
 from tasks.libvirt.domain import VmInputs, domain_state
+from tasks.libvirt.names import base_volume_name
 from tasks.libvirt.preflight import PER_NODE_BYTES, check_space, domain_names
 from tasks.libvirt.storage import (
     base_is_uploaded,
-    base_volume_name,
     console_volumes,
     create_overlay,
     delete_volume,

@@ -22,6 +22,7 @@ from pathlib import Path
 from tasks.config import DNS_LABEL
 from tasks.errors import LibvirtError
 from tasks.fsutil import private_tempdir
+from tasks.libvirt.names import base_volume_name
 from tasks.libvirt.virsh import NotFoundError, exists, virsh, virsh_xml
 
 # A marker volume written after the base image upload finished: a crash mid-upload leaves a
@@ -42,18 +43,6 @@ OWN_VOLUME = re.compile(
     rf"|{DNS_LABEL}\.(?:[0-9a-f]{{12}}\.(?:qcow2|ign)|console\.log(?:\.\d+)?)"
     rf"|{re.escape(MARKER)}"
 )
-
-
-def pool_name(cluster: str) -> str:
-    return f"flatcar-ha-{cluster}"
-
-
-def pool_path(image_dir: str, cluster: str) -> str:
-    return f"{image_dir.rstrip('/')}/{cluster}"
-
-
-def base_volume_name(sha256: str) -> str:
-    return f"flatcar-base-{sha256[:16]}.qcow2"
 
 
 def _xml(element: ET.Element) -> str:

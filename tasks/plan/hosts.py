@@ -41,7 +41,7 @@ class Host:
 
 def hosts(c: Cluster) -> list[Host]:
     """The cluster's hypervisors in config order, each with its nodes and storage pool."""
-    from tasks.libvirt.storage import pool_name, pool_path
+    from tasks.libvirt.names import pool_name, pool_path
 
     grouped: dict[str, list[Node]] = {}
     for node in c.nodes:

@@ -16,11 +16,11 @@ from pathlib import Path
 from tasks.config import DNS_LABEL, Cluster
 from tasks.libvirt.domain import remove_domain
 from tasks.libvirt.inventory import NODE_VOLUME, Domain, hypervisors, orphans, scan_host
+from tasks.libvirt.names import pool_name
 from tasks.libvirt.storage import (
     ForeignPoolError,
     delete_volume,
     owned_pool,
-    pool_name,
     pool_running,
     pool_target,
     remove_pool,

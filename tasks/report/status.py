@@ -121,7 +121,7 @@ def boot_summaries(uri: str, pool: str, domains: Sequence[Domain]) -> dict[str, 
 def collect(c: Cluster, paths: Build, api: ApiStatus, extra_uris: Sequence[str] = ()
             ) -> tuple[list[NodeStatus], list[Domain], list[str]]:
     """(one status per configured node, orphan VMs, unreachable hypervisors with the reason)."""
-    from tasks.libvirt.storage import pool_name
+    from tasks.libvirt.names import pool_name
 
     down: dict[str, str] = {}
     scans: dict[str, HostScan] = {}

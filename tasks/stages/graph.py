@@ -9,16 +9,20 @@ files in the tooltip); config.yaml points (grey) at every task whose up-to-date 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.report.graph import TaskInfo
 from tasks.stages.base import Context, action, context
+
+if TYPE_CHECKING:  # imported when a graph is drawn, not by every command that loads the stages
+    from tasks.report.graph import TaskInfo
 
 
 def load_task_infos(namespace: dict[str, Any]) -> list[TaskInfo]:
     """Every task (and subtask) the creators in namespace make, as doit list sees them."""
     from doit.loader import load_tasks
     from doit.tools import config_changed
+
+    from tasks.report.graph import TaskInfo
 
     infos = []
     for task in load_tasks(namespace):

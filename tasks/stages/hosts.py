@@ -30,8 +30,9 @@ def run_preflight(ctx: Context, key: str) -> None:
 @action
 def prepare_host(ctx: Context, key: str) -> None:
     """Create the cluster's pool on one hypervisor and upload the base image into it once."""
+    from tasks.libvirt.names import base_volume_name
     from tasks.libvirt.nodes import GIB, check_host_space
-    from tasks.libvirt.storage import base_volume_name, ensure_base, ensure_pool, volume_capacity
+    from tasks.libvirt.storage import ensure_base, ensure_pool, volume_capacity
 
     host = ctx.host_by_key(key)
     image = ctx.image
