@@ -106,10 +106,10 @@ def sync_pending() -> None:
 
     folders = list(dict.fromkeys(p.parent for p in paths))
     with ThreadPoolExecutor(max_workers=min(32, len(paths) + len(folders))) as pool:
-        list(pool.map(_fsync, [*paths, *folders]))
+        list(pool.map(fsync_path, [*paths, *folders]))
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

@@ -110,3 +110,31 @@ def test_progress_bar_only_when_asked() -> None:
         bar.last -= 1
         bar(1 << 20)
     assert auto.getvalue() == ""
+
+
+def test_a_big_download_is_written_back_while_it_arrives(tmp_path: Path, site: Site,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file reaches the disk in steps during the transfer (tasks/flatcar/writeback.py), not all
+    at the final fsync; no flush outlives the download."""
+    import os
+    import threading
+
+    from tasks.flatcar import writeback
+
+    flushed: list[int] = []  # the file's size on disk when each flush began
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(writeback, "STEP", 256 << 10)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    site.behaviour.files[PATH] = IMAGE_DATA  # a bit over 3 MiB
+    part = tmp_path / "blob.part"
+    download_file(site.url + PATH, part, dataclasses.replace(FAST, chunk_size=64 << 10))
+    assert part.read_bytes() == IMAGE_DATA
+    # Flushing began while the file was still growing (how many flushes depends on the disk: one
+    # still running when the next step is reached covers that step).
+    assert flushed and min(flushed) < len(IMAGE_DATA), flushed
+    assert not any(t.name == "writeback" and t.is_alive() for t in threading.enumerate())

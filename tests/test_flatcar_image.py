@@ -310,3 +310,19 @@ def test_file_mirror_and_local_key(tmp_path: Path, keys: Keys) -> None:
 def test_manifest_missing_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="run `doit image`"):
         read_image_manifest(tmp_path)
+
+
+def test_the_image_is_on_disk_before_its_name_and_record_vouch_for_it(
+        tmp_path: Path, site: Site, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.flatcar.image as image_module
+
+    c = signed_cluster(tmp_path, site, keys)
+    image = cached_image(c.flatcar, VERSION)
+    synced: list[tuple[str, bool, bool]] = []  # (name, image in place yet, record written yet)
+
+    def fsync_path(path: Path) -> None:
+        synced.append((path.name, image.exists(), (image.parent / "verified.json").exists()))
+
+    monkeypatch.setattr(image_module, "fsync_path", fsync_path)
+    ensure_image(c, FAST)
+    assert synced == [(f"{IMAGE}.part", False, False)]

@@ -15,7 +15,7 @@ def test_deferred_outputs_reach_the_disk_before_the_state(tmp_path: Path, monkey
     import tasks.stages.base as base
 
     synced: list[Path | str] = []
-    monkeypatch.setattr(fsutil, "_fsync", synced.append)
+    monkeypatch.setattr(fsutil, "fsync_path", synced.append)
     # The state itself (merged under the state lock, tasks/stages/state.py) is saved after the sync;
     # the tidying after killed runs is not this test's part.
     monkeypatch.setattr(AtomicJsonDB, "_save", lambda self: synced.append("state saved"))
@@ -40,7 +40,7 @@ def test_deferred_outputs_reach_the_disk_before_the_state(tmp_path: Path, monkey
 
 def test_durable_writes_are_synced_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[Path] = []
-    monkeypatch.setattr(fsutil, "_fsync", synced.append)
+    monkeypatch.setattr(fsutil, "fsync_path", synced.append)
     fsutil.atomic_write(tmp_path / "key", "secret")
     fsutil.sync_pending()
     assert synced == []  # fsynced by atomic_write itself, nothing left pending

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from tasks.errors import DownloadError
+from tasks.flatcar.writeback import Writeback
 
 if TYPE_CHECKING:
     import requests
@@ -195,7 +196,8 @@ def _attempt(
                 log(f"  {url}: the server ignored the range request; downloading from the start")
             offset = 0
         _write_meta(meta, url, response)
-        with _open_private(part) as handle, _progress(url, offset, total, policy) as bar:
+        with (_open_private(part) as handle, Writeback(handle.fileno()) as flusher,
+              _progress(url, offset, total, policy) as bar):
             handle.seek(offset)
             handle.truncate()
             try:
@@ -205,6 +207,7 @@ def _attempt(
                         sink(offset, chunk)
                     offset += len(chunk)
                     bar(offset)
+                    flusher.grew(offset)
                     if max_bytes is not None and offset > max_bytes:
                         raise _too_big(url, max_bytes)
             except requests.Timeout:

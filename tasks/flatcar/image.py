@@ -47,6 +47,7 @@ from tasks.fsutil import (
     PUBLIC_FILE,
     atomic_write,
     ensure_private_dir,
+    fsync_path,
     private_tempdir,
     write_if_changed,
 )
@@ -212,6 +213,8 @@ def _obtain(fc: Flatcar, version: str, policy: DownloadPolicy) -> str:
             except VerificationError as second:
                 _discard(part)
                 raise _refused(second, image) from None
+    # On disk before the name and the record vouch for it (mostly written already: writeback.py).
+    fsync_path(part)
     os.chmod(part, PUBLIC_FILE)
     os.replace(part, image)
     write_record(vdir, image, [pin], proof)
