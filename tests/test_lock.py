@@ -235,3 +235,37 @@ def test_before_a_vm_every_locked_file_must_still_be_published(tmp_path: Path, b
     assert "no VM was created" in str(info.value)
     entries = read_lock(lock_path(c.source))
     assert entries is not None and entries["kubernetes"].version == "v1.36.10"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "huge"])
+def test_something_else_in_the_locks_place_is_refused_by_name(tmp_path: Path, kind: str) -> None:
+    """A FIFO, a folder or a huge file named like the lock: every command that reads the lock
+    fails at once naming it (a FIFO used to block the command forever)."""
+    import os
+    import threading
+
+    path = tmp_path / "c.lock"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b" " * (2 << 20))
+    outcome: list[BaseException | object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_lock(path))
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the reader so the test process can end
+        with open(path, "wb"):  # noqa: PTH123 - the FIFO's writer end
+            pass
+        pytest.fail(f"read_lock blocked on a {kind}")
+    [error] = outcome
+    assert isinstance(error, ArtifactError), error
+    assert str(path) in error.message and "doit lock" in error.hint
