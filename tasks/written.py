@@ -14,8 +14,10 @@ for the PKI, refused) instead of being used.
   stay cheap. (An in-place edit of the same size within the file system's timestamp granularity,
   a few milliseconds, right after the pipeline wrote the file, would go unseen.)
 - Records are saved under the state lock by merging this process's changes into the file on
-  disk, so concurrent or parallel (`doit -P`) runs never drop each other's records. A doit run
-  saves them once, right before doit's state (tasks/stages/base.py: records_saved_at_end).
+  disk, so concurrent or parallel (`doit -P`) runs never drop each other's records. A record is
+  saved when its action ends, except those of outputs written with durable=False (each node's
+  Butane and Ignition): a doit run saves them once, with their fsync, right before doit's state
+  (tasks/stages/base.py: records_saved_at_end).
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class Written:
         self._root = os.fspath(paths.root) + os.sep
         self._files: dict[str, dict[str, Any]] | None = None
         self._touched: set[str] = set()
+        # Touched records of outputs written with durable=False: their saving may wait for the
+        # end of the run like their fsync (any other record is saved when its action ends).
+        self._deferrable: set[str] = set()
         self._key: bytes | None = None
         self._key_id = ""
         self._guard = threading.RLock()
@@ -115,7 +120,7 @@ class Written:
     def reload(self) -> None:
         """Forget what was read: another run may have written since (call after taking the run lock)."""
         with self._guard:
-            self._files, self._touched = None, set()
+            self._files, self._touched, self._deferrable = None, set(), set()
 
     def key(self, *, create: bool = False) -> bytes | None:
         """The cluster's digest key; create: made when missing (the folder is claimed first)."""
@@ -199,6 +204,10 @@ class Written:
             print(f"WARNING: {path} was changed since flatcar-ha wrote it: rewritten", file=sys.stderr)
         changed = write_if_changed(path, data, mode, durable=durable)
         self.record(path, mode)
+        rel = self._rel(path)
+        if not durable and rel is not None:
+            with self._guard:
+                self._deferrable.add(rel)
         return changed
 
     def record(self, path: Path, mode: int | None = None) -> None:
@@ -232,6 +241,13 @@ class Written:
             if rel is not None and self.files.pop(rel, None) is not None:
                 self._touched.add(rel)
 
+    def must_save_now(self) -> bool:
+        """Whether a record touched since the last save is of a file written durably (the PKI,
+        admin.conf, fragments): those are saved when their action ends, never left to the end
+        of the run (a kill in between would show the file as changed by someone else)."""
+        with self._guard:
+            return bool(self._touched - self._deferrable)
+
     def flush(self) -> None:
         """Save this process's changes, merged into the records on disk (under the state lock)."""
         from tasks.buildroot import state_lock
@@ -247,4 +263,4 @@ class Written:
                     merged.pop(rel, None)
             text = json.dumps({"format": _FORMAT, "files": merged}, indent=1, sort_keys=True)
             atomic_write(self.paths.written, text + "\n", PRIVATE_FILE)
-            self._touched = set()
+            self._touched, self._deferrable = set(), set()

@@ -253,7 +253,8 @@ def _guarded(fn: Callable[Concatenate[Context, P], Any], *, writes: bool) -> Cal
         except PipelineError as exc:
             return TaskFailed(format_error(exc))
         finally:
-            if ctx is not None and writes and _run_lock is not None and not records_saved_at_end():
+            if ctx is not None and writes and _run_lock is not None and (
+                    not records_saved_at_end() or ctx.written.must_save_now()):
                 ctx.written.flush()
         return None if result is None or result is True else result
 
@@ -263,9 +264,10 @@ def _guarded(fn: Callable[Concatenate[Context, P], Any], *, writes: bool) -> Cal
     return wrapper
 
 
-# Set by doit's state backend (tasks/stages/state.py) in the process that saves doit's state: it
-# saves the write records too, once, right before that state. Saving them after every action
-# instead rewrote the whole record file per task (quadratic in nodes: 57% of a cold 500-node run).
+# Set by doit's state backend (tasks/stages/state.py) in the process that saves doit's state: the
+# records of outputs written with durable=False (each node's Butane and Ignition) are saved with
+# that state, once, at the end of the run, like their fsync. Saving them after every action
+# rewrote the whole record file per node (quadratic: 57% of a cold 500-node run).
 _records_saver_pid: int | None = None
 
 
