@@ -97,7 +97,7 @@ def node_addresses(count: int) -> tuple[int, list[str]]:
     return prefix, ordered[:count]
 
 
-def write_config(path: Path, build_dir: Path, workers: int, control_planes: int = 3) -> None:
+def write_config(path: Path, build_dir: Path, workers: int, control_planes: int = 3, **kubernetes: str) -> None:
     data = yaml.safe_load((ROOT / "config.yaml").read_text())
     prefix, addresses = node_addresses(control_planes + workers)
     nodes = [{"name": f"node{i + 1}-cp", "role": "control-plane", "ip": addresses[i]}
@@ -108,7 +108,7 @@ def write_config(path: Path, build_dir: Path, workers: int, control_planes: int 
     data["network"]["prefix"] = prefix
     data["build_dir"] = str(build_dir)
     # Exact releases build offline without a lock (config.yaml's minor needs `doit lock`).
-    data["kubernetes"].update(version="v1.36.2", crio_version="v1.36.3")
+    data["kubernetes"].update(version="v1.36.2", crio_version="v1.36.3", **kubernetes)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 

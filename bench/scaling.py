@@ -25,6 +25,12 @@ from measure import (
 SIZES = (5, 50, 200, 500)
 
 
+def wipe(build: Path, cfg: Path) -> None:
+    """Before a cold run: no build folder, no proof."""
+    shutil.rmtree(build, ignore_errors=True)
+    forget_proofs(cfg)
+
+
 def bench_new_cluster(res: Results, repeats: int, nodes: int) -> None:
     """Cold, no-op (answered from the proof; and checked by doit) and one-worker-change runs of
     `doit new_cluster` for a cluster of `nodes` (3 control planes); list and show for 500."""
@@ -37,16 +43,12 @@ def bench_new_cluster(res: Results, repeats: int, nodes: int) -> None:
         argv = [*DOIT, f"config={cfg}", "new_cluster"]
         counts: dict[str, int] = {}
 
-        def wipe() -> None:
-            shutil.rmtree(build, ignore_errors=True)
-            forget_proofs(cfg)
-
         def cold() -> None:
             counts["cold"] = len(executed_tasks(run(argv).stdout))
 
         cold_target = {5: (ARTICLE, 0.3), 500: ("new_cluster cold, 50 nodes", 10.0)}.get(nodes)
         res.add(Row("new_cluster", f"new_cluster cold, {label}", timed(cold, cold_repeats(repeats, nodes),
-                                                                        before=wipe),
+                                                                        before=lambda: wipe(build, cfg)),
                     reference=cold_target[0] if cold_target else None,
                     target=cold_target[1] if cold_target else None))
         run(argv)  # the first no-op: checked by doit, it leaves the proof
@@ -119,18 +121,11 @@ def bench_cold_ecdsa(res: Results, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "c.yaml"
         build = Path(tmp) / "build"
-        write_config(cfg, build, workers=2)
-        data = yaml.safe_load(cfg.read_text())
-        data["kubernetes"]["key_algorithm"] = "ecdsa-p256"
-        cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+        write_config(cfg, build, workers=2, key_algorithm="ecdsa-p256")
         argv = [*DOIT, f"config={cfg}", "new_cluster"]
 
-        def wipe() -> None:
-            shutil.rmtree(build, ignore_errors=True)
-            forget_proofs(cfg)
-
         res.add(Row("new_cluster", "new_cluster cold, 5 nodes, kubernetes.key_algorithm ecdsa-p256",
-                    timed(lambda: run(argv), repeats, before=wipe), reference=ARTICLE))
+                    timed(lambda: run(argv), repeats, before=lambda: wipe(build, cfg)), reference=ARTICLE))
 
 
 def bench_sizes(res: Results, repeats: int) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -137,6 +138,61 @@ def write_if_changed(path: Path, data: bytes | str, mode: int = PRIVATE_FILE, *,
 def signature(st: os.stat_result) -> Signature:
     """What a cheap check compares before reading a file: inode, size, mtime and ctime."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class NotARegularFile(Exception):  # noqa: N818 - named for what was found
+    """What read_regular found instead of a regular file: `what` reads "a directory", "a FIFO
+    (named pipe)", ... or "not a regular file"."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class FileTooLarge(Exception):  # noqa: N818 - named for what was found
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"larger than {limit} bytes")
+        self.limit = limit
+
+
+_NOT_A_FILE = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of path, which must be a regular file of at most max_bytes (NotARegularFile,
+    FileTooLarge; FileNotFoundError and other OSErrors as the system gives them). Anything else is
+    refused before it is read, so a FIFO never blocks, /dev/zero is never read and a device is
+    never even opened (opening some has effects of their own)."""
+    kind = stat.S_IFMT(os.stat(path).st_mode)
+    if kind != stat.S_IFREG:
+        raise NotARegularFile(_NOT_A_FILE.get(kind, "not a regular file"))
+    # O_NONBLOCK: should the path become a FIFO after the check, opening it still returns.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotARegularFile("not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(max_bytes)
+    return data
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """Hex sha256 over each file's name and content, in order (a missing file counts as missing):
+    one value for a doit check that stands for code files, instead of a file_dep each on every
+    task (which multiplies doit's per-task checks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            content = b"\0missing"
+        digest.update(path.name.encode() + b"\0" + content)
+    return digest.hexdigest()
 
 
 def sha256_file(path: Path) -> str:

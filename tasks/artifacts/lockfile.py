@@ -87,29 +87,21 @@ MAX_LOCK_BYTES = 1 << 20
 def read_lock(path: Path) -> dict[str, Entry] | None:
     """The lock at path, or None when there is none; ArtifactError when it is unreadable.
 
-    Only a regular file of at most MAX_LOCK_BYTES is read: a FIFO, a device or a folder in the
-    lock's place is refused by name instead of blocking or flooding every command that reads it."""
-    import os
-    import stat
+    Only a regular file of at most MAX_LOCK_BYTES is read (fsutil.read_regular): a FIFO, a device
+    or a folder in the lock's place is refused by name instead of blocking or flooding every
+    command that reads the lock."""
+    from tasks.fsutil import FileTooLarge, NotARegularFile, read_regular
 
     hint = f"remove or rename {path}; `doit lock` writes the lock"
     try:
-        # O_NONBLOCK: a FIFO put there opens at once (and is then refused) instead of waiting.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        text = read_regular(path, MAX_LOCK_BYTES).decode("utf-8")
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise ArtifactError(f"{path} cannot be read: {exc.strerror}", hint) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ArtifactError(f"{path} is not a regular file, so it is no lock", hint)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_LOCK_BYTES + 1)
-    if len(data) > MAX_LOCK_BYTES:
-        raise ArtifactError(f"{path} is larger than {MAX_LOCK_BYTES >> 20} MiB: it is no lock", hint)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
+    except NotARegularFile as exc:
+        raise ArtifactError(f"{path} is {exc.what}, not a lock", hint) from None
+    except FileTooLarge:
+        raise ArtifactError(f"{path} is larger than {MAX_LOCK_BYTES >> 20} MiB: it is no lock", hint) from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} cannot be read: {exc}", hint) from None
     return loads(text, path)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import os
-import stat
 from pathlib import Path
 
 from tasks.config.model import Cluster
@@ -13,6 +11,7 @@ from tasks.config.rules import read_cluster
 from tasks.config.yamlguard import MAX_BYTES
 from tasks.config.yamlsource import load_located, parsed_here, remember
 from tasks.errors import ConfigError, Problem
+from tasks.fsutil import FileTooLarge, NotARegularFile, read_regular
 from tasks.paths import PROJECT_ROOT
 
 
@@ -60,36 +59,27 @@ def load_config(path: Path, *, remember_valid: bool = False) -> Cluster:
     return parse_config(text, path.resolve(), YAML_CACHE, remember_valid=remember_valid)
 
 
-_NOT_A_FILE = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
-               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 # Byte order marks of encodings other than UTF-8 (longest first: UTF-32 LE starts like UTF-16 LE).
 _OTHER_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
                (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
 
 
 def read_config_text(path: Path) -> str:
-    """The config file's text: a regular file of at most MAX_BYTES, UTF-8 (a leading BOM is
-    dropped). Anything else is refused before it is read, so a FIFO never blocks, /dev/zero is
-    never read and a device is never even opened (opening some has effects of its own)."""
+    """The config file's text: a regular file of at most MAX_BYTES (fsutil.read_regular: nothing
+    else is even opened), UTF-8 (a leading BOM is dropped)."""
     def refuse(message: str, hint: str = "pass a config file: doit config=path/to/config.yaml ...") -> ConfigError:
         return ConfigError(str(path), [Problem("<file>", None, message)], hint)
 
     try:
-        kind = stat.S_IFMT(os.stat(path).st_mode)
-        if kind != stat.S_IFREG:
-            raise refuse(f"is {_NOT_A_FILE.get(kind, 'not a regular file')}, not a config file")
-        # O_NONBLOCK: should the path become a FIFO after the check, opening it still returns.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        data = read_regular(path, MAX_BYTES)
+    except NotARegularFile as exc:
+        raise refuse(f"is {exc.what}, not a config file") from None
+    except FileTooLarge:
+        raise refuse(f"is larger than {MAX_BYTES // 1024} KiB; a config is a few KB: is this the right file?") from None
     except FileNotFoundError:
         raise refuse("file not found", "pass an existing file: doit config=path/to/config.yaml ...") from None
     except OSError as exc:
         raise refuse(f"cannot be read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise refuse("is not a regular file, not a config file")
-        data = handle.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise refuse(f"is larger than {MAX_BYTES // 1024} KiB; a config is a few KB: is this the right file?")
     for bom, encoding in _OTHER_BOMS:
         if data.startswith(bom):
             raise refuse(f"is {encoding} text", "save it as UTF-8 (every editor can)")

@@ -107,12 +107,9 @@ def translator_digest() -> str:
     """Digest of the built-in translator's code: an upgraded flatcar-ha re-translates instead of
     leaving Ignition made by the old code. One read of a few small files per run, not a file_dep
     per translation (which would multiply doit's per-task checks)."""
-    import hashlib
+    from tasks.fsutil import files_digest
 
-    digest = hashlib.sha256()
-    for source in sorted((Src.TASKS / "butane").glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()
+    return files_digest(sorted((Src.TASKS / "butane").glob("*.py")))
 
 
 def backend_settings(c: Cluster) -> tuple[str, str | None]:

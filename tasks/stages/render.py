@@ -62,16 +62,9 @@ def code_digest(template: str) -> str:
     """The content of an output's template and of the code every output's rendering shares
     (Src.RENDER_CODE), read once per process: a value in each render's check instead of nine
     file_deps, which doit would stat and record for every node (4500 checks at 500 nodes)."""
-    import hashlib
+    from tasks.fsutil import files_digest
 
-    digest = hashlib.sha256()
-    for path in (Path(template), *Src.RENDER_CODE):
-        try:
-            content = path.read_bytes()
-        except FileNotFoundError:
-            content = b"\0missing"  # the render itself then fails, naming the template
-        digest.update(f"{path}\0{len(content)}\0".encode() + content)
-    return digest.hexdigest()
+    return files_digest((Path(template), *Src.RENDER_CODE))
 
 
 @delayed
